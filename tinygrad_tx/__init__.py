@@ -1,0 +1,33 @@
+"""tinygrad_tx: a small, readable reverse-mode autodiff engine on NumPy (CPU) and CuPy (GPU).
+
+Read the files in dependency order: backend -> tensor / autograd -> functions (the primitives)
+-> functional -> nn -> optim.
+"""
+from . import backend
+from .tensor import Tensor, where, cat, stack
+from .autograd import Function, no_grad, is_grad_enabled
+from . import functions
+from . import functional
+from . import nn
+from .gradcheck import gradcheck, GradcheckError
+
+float32 = backend.float32
+float64 = backend.float64
+int64 = backend.int64
+bool_ = backend.bool_
+
+
+def manual_seed(seed: int) -> None:
+    """Seed the random generators used by initialisation and dropout, on every device."""
+    backend.manual_seed(seed)
+
+
+def cuda_available() -> bool:
+    """True when CuPy imports and a GPU answers."""
+    return backend.cuda_available()
+
+
+__all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "where", "cat", "stack", "manual_seed",
+           "gradcheck", "GradcheckError", "functional", "nn", "functions", "backend", "cuda_available",
+           "float32", "float64", "int64", "bool_"]
+__version__ = "0.1.0"

@@ -1,0 +1,480 @@
+"""The Tensor: a backend array, an optional gradient, and the graph node that produced it.
+
+Every differentiable method below is one line that calls a primitive from functions.py
+(`Mul.apply(self, other)`), or a short composition of primitives. Nothing here computes a
+derivative: that lives beside each primitive's forward.
+"""
+from __future__ import annotations
+
+import numbers
+
+from . import backend
+
+
+def _infer_dtype(data):
+    """Python floats (and lists holding any float) -> float32; ints -> int64; bools -> bool."""
+    arr = backend.host_array(data)
+    if arr.dtype == backend.float64:
+        return arr.astype(backend.float32)
+    if arr.dtype.kind in "iu":
+        return arr.astype(backend.int64)
+    if arr.dtype.kind not in "fb":
+        raise TypeError(f"Tensor: cannot make a tensor from data of dtype {arr.dtype}")
+    return arr
+
+
+class Tensor:
+    """An n-dimensional array that can record the operations applied to it.
+
+    Args:
+        data: a Python scalar, a (nested) list, or a NumPy/CuPy array.
+        requires_grad: record operations on this tensor so that backward() reaches it.
+        dtype: cast the data to this dtype.
+        device: 'cpu' or 'cuda'; default $TX_DEVICE, else the array's own device, else 'cpu'.
+    """
+    __slots__ = ("data", "grad", "requires_grad", "_ctx", "name", "__weakref__")
+    __array_ufunc__ = None          # numpy defers `ndarray * tensor` to Tensor.__rmul__
+
+    def __init__(self, data, requires_grad=False, dtype=None, device=None):
+        if isinstance(data, Tensor):
+            data = data.data
+        if backend.is_array(data):
+            device = backend.check_device(device) if device is not None else backend.device_of(data)
+            arr = backend.to_device(data, device)
+        else:
+            device = backend.check_device(device)
+            arr = backend.to_device(_infer_dtype(data), device)
+        if dtype is not None and arr.dtype != backend.dtype(dtype):
+            arr = arr.astype(backend.dtype(dtype))
+        if requires_grad and not backend.is_floating(arr.dtype):
+            raise TypeError(f"Tensor: only floating-point tensors can require grad, not {arr.dtype}")
+        self.data = arr
+        self.grad = None
+        self.requires_grad = bool(requires_grad)
+        self._ctx = None
+        self.name = None
+
+    @classmethod
+    def _make(cls, data, requires_grad, ctx):
+        """Fast constructor for op outputs (data is already a backend array)."""
+        t = object.__new__(Tensor)
+        t.data, t.grad, t.requires_grad, t._ctx, t.name = data, None, requires_grad, ctx, None
+        return t
+
+    # ------------------------------------------------------------------ attributes
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def ndim(self):
+        return self.data.ndim
+
+    @property
+    def size(self):
+        return self.data.size
+
+    @property
+    def device(self):
+        return backend.device_of(self.data)
+
+    @property
+    def xp(self):
+        return backend.array_module(self.data)
+
+    @property
+    def is_leaf(self):
+        return self._ctx is None
+
+    @property
+    def grad_fn(self):
+        """The graph node that produced this tensor (None for leaves)."""
+        return self._ctx
+
+    def numpy(self):
+        """A host NumPy copy (never a view into the engine's buffers)."""
+        return backend.to_numpy(self.data).copy()
+
+    def __array__(self, dtype=None, copy=None):
+        a = backend.to_numpy(self.data)
+        return a.astype(dtype) if dtype is not None else a
+
+    def item(self):
+        if self.data.size != 1:
+            raise ValueError(f"item: only a one-element tensor converts to a Python number, not shape {self.shape}")
+        return self.data.item()
+
+    def tolist(self):
+        return backend.to_numpy(self.data).tolist()
+
+    def detach(self):
+        """The same data, cut from the graph."""
+        return Tensor._make(self.data, False, None)
+
+    def requires_grad_(self, flag=True):
+        if flag and not backend.is_floating(self.dtype):
+            raise TypeError(f"requires_grad_: only floating-point tensors can require grad, not {self.dtype}")
+        if self._ctx is not None and not flag:
+            raise RuntimeError("requires_grad_: cannot turn off requires_grad on a non-leaf; use .detach()")
+        self.requires_grad = flag
+        return self
+
+    def retain_grad(self):
+        """Keep .grad on this intermediate tensor after backward (leaves always keep theirs)."""
+        if self._ctx is not None:
+            import weakref
+            self._ctx.retained = weakref.ref(self)
+        return self
+
+    def to(self, device=None, dtype=None):
+        """Move to a device and/or cast to a dtype; differentiable, like torch's."""
+        out = self
+        if dtype is not None and backend.dtype(dtype) != self.dtype:
+            out = fn.Cast.apply(out, backend.dtype(dtype))
+        if device is not None and backend.check_device(device) != self.device:
+            out = fn.ToDevice.apply(out, backend.check_device(device))
+        return out
+
+    def float(self):
+        return self.to(dtype="float32")
+
+    def double(self):
+        return self.to(dtype="float64")
+
+    def long(self):
+        return self.to(dtype="int64")
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def cuda(self):
+        return self.to("cuda")
+
+    def backward(self, grad=None, retain_graph=False, explain=False):
+        """Accumulate d(self)/d(leaf) into each leaf's .grad. `explain=True` narrates each step."""
+        if explain:
+            from . import viz
+            return viz.explain(self, grad=grad, retain_graph=retain_graph)
+        autograd.backward(self, grad, retain_graph)
+
+    def zero_grad(self):
+        self.grad = None
+
+    def __repr__(self):
+        extra = ", requires_grad=True" if self.requires_grad else ""
+        dev = ", device='cuda'" if self.device == "cuda" else ""
+        body = backend.format_array(self.data, prefix="Tensor(")
+        return f"Tensor({body}, dtype={self.dtype}{dev}{extra})"
+
+    def __len__(self):
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    def __bool__(self):
+        if self.data.size != 1:
+            raise ValueError(f"the truth value of a tensor of shape {self.shape} is ambiguous")
+        return bool(self.data.item())
+
+    __hash__ = object.__hash__      # __eq__ is elementwise; tensors stay usable as dict keys
+
+    # ------------------------------------------------------------------ operands
+    def _operand(self, other):
+        """Turn a Python number into a 0-d tensor of our dtype, so float32 stays float32."""
+        if isinstance(other, Tensor):
+            return other
+        if isinstance(other, numbers.Number):
+            dt = self.dtype
+            if isinstance(other, float) and not backend.is_floating(dt):
+                dt = backend.float32
+            return Tensor._make(self.xp.asarray(other, dtype=dt), False, None)
+        return Tensor(other, device=self.device)
+
+    def _promote(self, other):
+        """Torch's promotion for mixed operands: float beats int/bool, and never goes to float64."""
+        other = self._operand(other)
+        a, b = self, other
+        if a.dtype != b.dtype:
+            fa, fb = backend.is_floating(a.dtype), backend.is_floating(b.dtype)
+            if fa and not fb:
+                b = b.to(dtype=a.dtype)
+            elif fb and not fa:
+                a = a.to(dtype=b.dtype)
+        return a, b
+
+    # ------------------------------------------------------------------ elementwise (binary)
+    def __add__(self, other):
+        return fn.Add.apply(*self._promote(other))
+
+    def __radd__(self, other):
+        b, a = self._promote(other)
+        return fn.Add.apply(a, b)
+
+    def __sub__(self, other):
+        return fn.Sub.apply(*self._promote(other))
+
+    def __rsub__(self, other):
+        b, a = self._promote(other)
+        return fn.Sub.apply(a, b)
+
+    def __mul__(self, other):
+        return fn.Mul.apply(*self._promote(other))
+
+    def __rmul__(self, other):
+        b, a = self._promote(other)
+        return fn.Mul.apply(a, b)
+
+    def __truediv__(self, other):
+        a, b = self._promote(other)
+        if not backend.is_floating(a.dtype):
+            a, b = a.float(), b.float()
+        return fn.Div.apply(a, b)
+
+    def __rtruediv__(self, other):
+        b, a = self._promote(other)
+        if not backend.is_floating(a.dtype):
+            a, b = a.float(), b.float()
+        return fn.Div.apply(a, b)
+
+    def __pow__(self, other):
+        return fn.Pow.apply(*self._promote(other))
+
+    def __rpow__(self, other):
+        b, a = self._promote(other)
+        return fn.Pow.apply(a, b)
+
+    def __matmul__(self, other):
+        other = other if isinstance(other, Tensor) else Tensor(other, device=self.device)
+        if self.ndim == 0 or other.ndim == 0:
+            raise ValueError(f"matmul: both operands need at least 1 dimension, got shapes {self.shape} and {other.shape}")
+        if self.ndim == 1 and other.ndim == 1:                  # dot product -> scalar
+            return (self.reshape(1, -1) @ other.reshape(-1, 1)).reshape(())
+        if self.ndim == 1:                                       # (k,) @ (..., k, m) -> (..., m)
+            out = fn.MatMul.apply(self.reshape(1, -1), other)
+            return out.reshape(*out.shape[:-2], out.shape[-1])
+        if other.ndim == 1:                                      # (..., n, k) @ (k,) -> (..., n)
+            return fn.MatMul.apply(self, other.reshape(-1, 1)).reshape(*self.shape[:-1])
+        return fn.MatMul.apply(self, other)
+
+    def __rmatmul__(self, other):
+        return Tensor(other, device=self.device) @ self
+
+    def __neg__(self):
+        return fn.Neg.apply(self)
+
+    def __pos__(self):
+        return self
+
+    # ------------------------------------------------------------------ comparisons (no gradient)
+    def _compare(self, other, op):
+        a, b = self._promote(other)
+        return Tensor._make(op(a.data, b.data), False, None)
+
+    def __lt__(self, other):
+        return self._compare(other, lambda a, b: a < b)
+
+    def __le__(self, other):
+        return self._compare(other, lambda a, b: a <= b)
+
+    def __gt__(self, other):
+        return self._compare(other, lambda a, b: a > b)
+
+    def __ge__(self, other):
+        return self._compare(other, lambda a, b: a >= b)
+
+    def __eq__(self, other):
+        return self._compare(other, lambda a, b: a == b)
+
+    def __ne__(self, other):
+        return self._compare(other, lambda a, b: a != b)
+
+    def __invert__(self):
+        if self.dtype != backend.bool_:
+            raise TypeError(f"~ needs a bool tensor, not {self.dtype}")
+        return Tensor._make(~self.data, False, None)
+
+    def __and__(self, other):
+        return self._compare(other, lambda a, b: a & b)
+
+    def __or__(self, other):
+        return self._compare(other, lambda a, b: a | b)
+
+    # ------------------------------------------------------------------ elementwise (unary)
+    def exp(self):
+        return fn.Exp.apply(self)
+
+    def log(self):
+        return fn.Log.apply(self)
+
+    def sqrt(self):
+        return fn.Sqrt.apply(self)
+
+    def tanh(self):
+        return fn.Tanh.apply(self)
+
+    def sigmoid(self):
+        return fn.Sigmoid.apply(self)
+
+    def relu(self):
+        return fn.ReLU.apply(self)
+
+    def abs(self):
+        return fn.Abs.apply(self)
+
+    # ------------------------------------------------------------------ reductions
+    def sum(self, axis=None, keepdims=False):
+        return fn.Sum.apply(self, _axes(axis, self.ndim), keepdims)
+
+    def mean(self, axis=None, keepdims=False):
+        axes = _axes(axis, self.ndim)
+        n = 1
+        for a in (range(self.ndim) if axes is None else axes):
+            n *= self.shape[a]
+        return self.sum(axes, keepdims) * (1.0 / n)            # mean = sum / n
+
+    def var(self, axis=None, keepdims=False, correction=0):
+        """Variance, biased by default (correction=0), as layer_norm uses it."""
+        axes = _axes(axis, self.ndim)
+        n = 1
+        for a in (range(self.ndim) if axes is None else axes):
+            n *= self.shape[a]
+        centred = self - self.mean(axes, keepdims=True)
+        return (centred * centred).sum(axes, keepdims) * (1.0 / (n - correction))
+
+    def max(self, axis=None, keepdims=False):
+        return fn.Max.apply(self, _axes(axis, self.ndim), keepdims)
+
+    def min(self, axis=None, keepdims=False):
+        return -((-self).max(axis, keepdims))
+
+    def argmax(self, axis=None, keepdims=False):
+        out = self.xp.argmax(self.data, axis=axis, keepdims=keepdims)
+        return Tensor._make(backend.as_array(out).astype(backend.int64), False, None)
+
+    # ------------------------------------------------------------------ movement
+    def reshape(self, *shape):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return fn.Reshape.apply(self, tuple(int(s) for s in shape))
+
+    view = reshape
+
+    def flatten(self, start=0, end=-1):
+        end = end % self.ndim if self.ndim else 0
+        s = self.shape
+        return self.reshape(*s[:start], -1, *s[end + 1:])
+
+    def unsqueeze(self, axis):
+        axis = axis % (self.ndim + 1)
+        return self.reshape(*self.shape[:axis], 1, *self.shape[axis:])
+
+    def squeeze(self, axis=None):
+        if axis is None:
+            return self.reshape(*[s for s in self.shape if s != 1])
+        axis = axis % self.ndim
+        if self.shape[axis] != 1:
+            return self
+        return self.reshape(*self.shape[:axis], *self.shape[axis + 1:])
+
+    def permute(self, *axes):
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
+        if sorted(a % max(self.ndim, 1) for a in axes) != list(range(self.ndim)):
+            raise ValueError(f"permute: axes {axes} are not a permutation of the {self.ndim} axes of shape {self.shape}")
+        return fn.Permute.apply(self, tuple(a % self.ndim for a in axes))
+
+    def transpose(self, a=-2, b=-1):
+        axes = list(range(self.ndim))
+        axes[a], axes[b] = axes[b], axes[a]
+        return self.permute(*axes)
+
+    @property
+    def T(self):
+        return self.permute(*reversed(range(self.ndim)))
+
+    def __getitem__(self, index):
+        return fn.GetItem.apply(self, _index_arrays(index))
+
+    def expand(self, *shape):
+        """Broadcast to `shape` (as a differentiable op: x + zeros)."""
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return self + Tensor._make(self.xp.zeros(shape, dtype=self.dtype), False, None)
+
+    # ------------------------------------------------------------------ softmax and masking
+    def softmax(self, axis=-1):
+        return fn.Softmax.apply(self, axis)
+
+    def log_softmax(self, axis=-1):
+        return fn.LogSoftmax.apply(self, axis)
+
+    def masked_fill(self, mask, value):
+        """Where mask is True, replace by `value` (mask broadcasts against self)."""
+        if not isinstance(mask, Tensor):
+            mask = Tensor(mask, device=self.device)
+        if mask.dtype != backend.bool_:
+            raise TypeError(f"masked_fill: the mask must be a bool tensor, not {mask.dtype}")
+        return fn.MaskedFill.apply(self, mask, float(value))
+
+
+def _axes(axis, ndim):
+    """None | int | sequence -> None | sorted tuple of non-negative axes."""
+    if axis is None:
+        return None
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    for a in axes:
+        if not -max(ndim, 1) <= a < max(ndim, 1):
+            raise ValueError(f"axis {a} is out of range for a tensor with {ndim} dimensions")
+    return tuple(sorted(a % max(ndim, 1) for a in axes))
+
+
+def _index_arrays(index):
+    """Tensors inside an index become their arrays (integer or bool indexing)."""
+    if isinstance(index, Tensor):
+        return index.data
+    if isinstance(index, tuple):
+        return tuple(i.data if isinstance(i, Tensor) else i for i in index)
+    if isinstance(index, list):
+        return backend.host_array(index)
+    return index
+
+
+# Module-level helpers composed from the primitives
+def where(cond, a, b):
+    """Elementwise `a if cond else b`, broadcasting all three. Gradients flow to a and b."""
+    ref = a if isinstance(a, Tensor) else b if isinstance(b, Tensor) else None
+    if ref is None:
+        raise TypeError("where: at least one of a, b must be a Tensor")
+    a = a if isinstance(a, Tensor) else ref._operand(a)
+    b = b if isinstance(b, Tensor) else ref._operand(b)
+    cond = cond if isinstance(cond, Tensor) else Tensor(cond, device=ref.device)
+    if cond.dtype != backend.bool_:
+        raise TypeError(f"where: the condition must be a bool tensor, not {cond.dtype}")
+    return fn.Where.apply(cond, a, b)
+
+
+def cat(tensors, axis=0):
+    """Join tensors along an existing axis."""
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError("cat: expected a non-empty list of tensors")
+    return fn.Cat.apply(*tensors, axis=axis)
+
+
+def stack(tensors, axis=0):
+    """Join tensors along a new axis (cat of unsqueezed tensors)."""
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError("stack: expected a non-empty list of tensors")
+    shapes = {t.shape for t in tensors}
+    if len(shapes) != 1:
+        raise ValueError(f"stack: all tensors need the same shape, got {sorted(shapes)}")
+    return cat([t.unsqueeze(axis) for t in tensors], axis=axis)
+
+
+from . import autograd  # noqa: E402  (autograd and functions import Tensor from this module)
+from . import functions as fn  # noqa: E402
