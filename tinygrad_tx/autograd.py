@@ -74,8 +74,9 @@ class Function:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        cls.op_name = cls.__name__          # label for graphs: 'MatMul'
-        cls.op = _snake(cls.__name__)       # name in error messages: 'mat_mul' -> overridable
+        cls.op_name = cls.__name__                          # label for graphs: 'MatMul'
+        if "op" not in cls.__dict__:
+            cls.op = _snake(cls.__name__)                   # name in errors: 'masked_fill'; a class may set its own
 
     def save_for_backward(self, *arrays):
         """Keep arrays for backward; a no-op when no gradient will be needed."""

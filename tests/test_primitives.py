@@ -1,0 +1,143 @@
+"""One table for the primitives: each row is checked by finite differences (float64) and against torch,
+forward and backward, with a random upstream gradient, on every backend."""
+import numpy as np
+import pytest
+import torch
+
+import tinygrad_tx as tx
+from tinygrad_tx import functional as F
+
+from conftest import to_host
+
+
+def pos(shape):
+    """Marker: an input drawn positive (for log, sqrt, pow bases, division)."""
+    return ("pos", shape)
+
+
+def ints(shape, high):
+    """Marker: an integer input in [0, high), no gradient."""
+    return ("int", shape, high)
+
+
+def mask(shape):
+    """Marker: a bool input, no gradient."""
+    return ("bool", shape)
+
+
+# name, tinygrad_tx fn, torch fn, inputs
+TABLE = [
+    # elementwise, with broadcasting shapes
+    ("add", lambda a, b: a + b, lambda a, b: a + b, [(2, 3), (3,)]),
+    ("add_bcast_both", lambda a, b: a + b, lambda a, b: a + b, [(4, 1, 3), (2, 1)]),
+    ("sub", lambda a, b: a - b, lambda a, b: a - b, [(2, 1), (1, 3)]),
+    ("rsub_scalar", lambda a: 2 - a, lambda a: 2 - a, [(3,)]),
+    ("mul", lambda a, b: a * b, lambda a, b: a * b, [(2, 3, 4), (3, 1)]),
+    ("div", lambda a, b: a / b, lambda a, b: a / b, [(2, 3), pos((2, 1))]),
+    ("rdiv_scalar", lambda a: 1 / a, lambda a: 1 / a, [pos((2, 3))]),
+    ("neg", lambda a: -a, lambda a: -a, [(2, 3)]),
+    ("pow_scalar", lambda a: a ** 3, lambda a: a ** 3, [(2, 3)]),
+    ("pow_tensor", lambda a, b: a ** b, lambda a, b: a ** b, [pos((2, 3)), (3,)]),
+    ("exp", lambda a: a.exp(), torch.exp, [(2, 3)]),
+    ("log", lambda a: a.log(), torch.log, [pos((2, 3))]),
+    ("sqrt", lambda a: a.sqrt(), torch.sqrt, [pos((2, 3))]),
+    ("tanh", lambda a: a.tanh(), torch.tanh, [(2, 3)]),
+    ("sigmoid", lambda a: a.sigmoid(), torch.sigmoid, [(2, 3)]),
+    ("relu", lambda a: a.relu(), torch.relu, [(3, 4)]),
+    ("abs", lambda a: a.abs(), torch.abs, [(3, 4)]),
+    ("where", lambda c, a, b: tx.where(c, a, b), torch.where, [mask((2, 3)), (2, 3), (3,)]),
+    # reductions
+    ("sum_all", lambda a: a.sum(), lambda a: a.sum(), [(2, 3)]),
+    ("sum_axis", lambda a: a.sum(axis=1), lambda a: a.sum(dim=1), [(2, 3, 4)]),
+    ("sum_axes_keep", lambda a: a.sum(axis=(0, 2), keepdims=True), lambda a: a.sum(dim=(0, 2), keepdim=True), [(2, 3, 4)]),
+    ("mean_axis", lambda a: a.mean(axis=-1), lambda a: a.mean(dim=-1), [(2, 3, 4)]),
+    ("max_axis", lambda a: a.max(axis=1), lambda a: a.amax(dim=1), [(3, 5)]),
+    ("max_all", lambda a: a.max(), lambda a: a.amax(), [(3, 5)]),
+    ("min_keep", lambda a: a.min(axis=0, keepdims=True), lambda a: a.amin(dim=0, keepdim=True), [(3, 5)]),
+    ("var", lambda a: a.var(axis=-1), lambda a: a.var(dim=-1, unbiased=False), [(3, 5)]),
+    # movement
+    ("reshape", lambda a: a.reshape(3, 2, 2), lambda a: a.reshape(3, 2, 2), [(2, 6)]),
+    ("permute", lambda a: a.permute(2, 0, 1), lambda a: a.permute(2, 0, 1), [(2, 3, 4)]),
+    ("transpose", lambda a: a.transpose(0, 1), lambda a: a.transpose(0, 1), [(2, 3)]),
+    ("getitem_basic", lambda a: a[1:, None, ::2], lambda a: a[1:, None, ::2], [(3, 4)]),
+    ("getitem_int_ellipsis", lambda a: a[..., 1], lambda a: a[..., 1], [(2, 3, 4)]),
+    ("getitem_int_array", lambda a: a[tx.Tensor([0, 2, 0])], lambda a: a[torch.tensor([0, 2, 0])], [(3, 4)]),
+    ("cat", lambda a, b: tx.cat([a, b], axis=1), lambda a, b: torch.cat([a, b], dim=1), [(2, 3), (2, 2)]),
+    ("stack", lambda a, b: tx.stack([a, b], axis=1), lambda a, b: torch.stack([a, b], dim=1), [(2, 3), (2, 3)]),
+    # matmul (batch axes broadcast)
+    ("matmul", lambda a, b: a @ b, lambda a, b: a @ b, [(3, 4), (4, 5)]),
+    ("matmul_batch_bcast", lambda a, b: a @ b, lambda a, b: a @ b, [(2, 1, 4, 5), (3, 5, 6)]),
+    ("matmul_shared_weight", lambda a, b: a @ b, lambda a, b: a @ b, [(2, 3, 4), (4, 5)]),
+    ("matmul_vec", lambda a, b: a @ b, lambda a, b: a @ b, [(3, 4), (4,)]),
+    ("matmul_dot", lambda a, b: a @ b, lambda a, b: a @ b, [(4,), (4,)]),
+    # softmax and masking
+    ("softmax", lambda a: a.softmax(-1), lambda a: a.softmax(-1), [(2, 3, 5)]),
+    ("softmax_axis0", lambda a: a.softmax(0), lambda a: a.softmax(0), [(4, 3)]),
+    ("log_softmax", lambda a: a.log_softmax(-1), lambda a: a.log_softmax(-1), [(2, 5)]),
+    ("masked_fill", lambda a, m: a.masked_fill(m, 5.0), lambda a, m: a.masked_fill(m, 5.0), [(2, 3, 4), mask((3, 1))]),
+    # nn functions
+    ("linear", lambda x, w, b: F.linear(x, w, b), torch.nn.functional.linear, [(2, 3, 4), (5, 4), (5,)]),
+    ("layer_norm", lambda x, w, b: F.layer_norm(x, w, b),
+     lambda x, w, b: torch.nn.functional.layer_norm(x, (x.shape[-1],), w, b), [(2, 3, 6), (6,), (6,)]),
+    ("embedding", lambda i, w: F.embedding(i, w), lambda i, w: torch.nn.functional.embedding(i, w),
+     [ints((3, 4), 5), (5, 3)]),
+    ("cross_entropy", lambda x, t: F.cross_entropy(x, t), lambda x, t: torch.nn.functional.cross_entropy(x, t),
+     [(6, 5), ints((6,), 5)]),
+    ("cross_entropy_3d_smooth", lambda x, t: F.cross_entropy(x, t, label_smoothing=0.1),
+     lambda x, t: torch.nn.functional.cross_entropy(x.reshape(-1, 5), t.reshape(-1), label_smoothing=0.1),
+     [(2, 3, 5), ints((2, 3), 5)]),
+    ("cross_entropy_sum", lambda x, t: F.cross_entropy(x, t, reduction="sum"),
+     lambda x, t: torch.nn.functional.cross_entropy(x, t, reduction="sum"), [(4, 3), ints((4,), 3)]),
+    ("cross_entropy_none", lambda x, t: F.cross_entropy(x, t, reduction="none"),
+     lambda x, t: torch.nn.functional.cross_entropy(x, t, reduction="none"), [(4, 3), ints((4,), 3)]),
+]
+
+
+def make_inputs(specs, rng, device):
+    """Host arrays and their tinygrad_tx / torch tensors (float64) for a row's input specs."""
+    arrays = []
+    for spec in specs:
+        if isinstance(spec, tuple) and spec and spec[0] == "pos":
+            arrays.append(rng.uniform(0.5, 2.0, spec[1]))
+        elif isinstance(spec, tuple) and spec and spec[0] == "int":
+            arrays.append(rng.integers(0, spec[2], spec[1]))
+        elif isinstance(spec, tuple) and spec and spec[0] == "bool":
+            arrays.append(rng.random(spec[1]) < 0.4)
+        else:
+            arrays.append(rng.standard_normal(spec))
+    txs = [tx.Tensor(a, requires_grad=a.dtype == np.float64, device=device) for a in arrays]
+    ths = [torch.tensor(a, requires_grad=a.dtype == np.float64) for a in arrays]
+    return arrays, txs, ths
+
+
+@pytest.mark.parametrize("name,fn,torch_fn,specs", TABLE, ids=[row[0] for row in TABLE])
+def test_gradcheck(name, fn, torch_fn, specs, device, rng):
+    _, txs, _ = make_inputs(specs, rng, device)
+    assert tx.gradcheck(fn, txs)
+
+
+@pytest.mark.parametrize("name,fn,torch_fn,specs", TABLE, ids=[row[0] for row in TABLE])
+def test_matches_torch(name, fn, torch_fn, specs, device, rng):
+    _, txs, ths = make_inputs(specs, rng, device)
+    out, ref = fn(*txs), torch_fn(*ths)
+    np.testing.assert_allclose(to_host(out), ref.detach().numpy(), rtol=1e-10, atol=1e-12)
+    upstream = rng.standard_normal(ref.shape)
+    out.backward(tx.Tensor(upstream, device=device))
+    ref.backward(torch.tensor(upstream))
+    for t, r in zip(txs, ths):
+        if r.requires_grad:
+            assert t.grad.shape == t.shape
+            np.testing.assert_allclose(to_host(t.grad), r.grad.numpy(), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name,fn,torch_fn,specs", TABLE, ids=[row[0] for row in TABLE])
+def test_float32_in_float32_out(name, fn, torch_fn, specs, device, rng):
+    arrays, _, _ = make_inputs(specs, rng, device)
+    txs = [tx.Tensor(a.astype(np.float32) if a.dtype == np.float64 else a, requires_grad=a.dtype == np.float64,
+                     device=device) for a in arrays]
+    out = fn(*txs)
+    assert out.dtype == np.float32
+    out.backward(tx.Tensor(np.ones(out.shape, np.float32), device=device))
+    for t in txs:
+        if t.requires_grad:
+            assert t.grad.dtype == np.float32, f"{name}: gradient upcast to {t.grad.dtype}"
