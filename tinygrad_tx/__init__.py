@@ -9,6 +9,8 @@ from .autograd import Function, no_grad, is_grad_enabled
 from . import functions
 from . import functional
 from . import nn
+from . import optim
+from .serialization import save, load
 from .gradcheck import gradcheck, GradcheckError
 
 float32 = backend.float32
@@ -28,6 +30,7 @@ def cuda_available() -> bool:
 
 
 __all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "where", "cat", "stack", "manual_seed",
-           "gradcheck", "GradcheckError", "functional", "nn", "functions", "backend", "cuda_available",
+           "gradcheck", "GradcheckError", "functional", "nn", "optim", "save", "load", "functions", "backend",
+           "cuda_available",
            "float32", "float64", "int64", "bool_"]
 __version__ = "0.1.0"

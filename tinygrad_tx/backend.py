@@ -185,3 +185,23 @@ def index_add_rows(dst, index, src):
     starts = numpy.flatnonzero(numpy.r_[True, sorted_index[1:] != sorted_index[:-1]])
     dst[sorted_index[starts]] += numpy.add.reduceat(src[order], starts, axis=0)
     return dst
+
+
+# ---------------------------------------------------------------------------- .npz files
+def write_npz(file, arrays: dict) -> None:
+    """Write name -> host array into an open binary file as an uncompressed .npz.
+
+    Like numpy.savez, but any name is allowed (savez reserves 'file' and 'allow_pickle') and
+    object arrays are refused instead of pickled.
+    """
+    import zipfile
+    with zipfile.ZipFile(file, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, arr in arrays.items():
+            with zf.open(name + ".npy", mode="w", force_zip64=True) as f:
+                numpy.lib.format.write_array(f, numpy.asanyarray(arr), allow_pickle=False)
+
+
+def read_npz(path) -> dict:
+    """Read an .npz into a dict of NumPy arrays, in file order; never unpickles."""
+    with numpy.load(path, allow_pickle=False) as npz:
+        return {name: npz[name] for name in npz.files}

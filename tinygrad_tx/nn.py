@@ -6,7 +6,7 @@ from collections import OrderedDict
 
 from . import autograd, backend
 from . import functional as F
-from .tensor import Tensor
+from .tensor import Tensor, where
 
 
 class Parameter(Tensor):
@@ -66,10 +66,18 @@ class Module:
 
     # ------------------------------------------------------------------ traversal
     def named_modules(self, prefix=""):
-        """(dotted name, module) for this module and every submodule, depth first."""
-        yield prefix, self
-        for name, m in self._modules.items():
-            yield from m.named_modules(f"{prefix}.{name}" if prefix else name)
+        """(dotted name, module) for this module and every submodule, depth first; a module
+        reachable by two paths (shared) is listed once, under the first."""
+        seen = set()
+        stack = [(prefix, self)]
+        while stack:                                     # iterative: no recursion limit
+            name, m = stack.pop()
+            if id(m) in seen:
+                continue
+            seen.add(id(m))
+            yield name, m
+            children = [(f"{name}.{child}" if name else child, c) for child, c in m._modules.items()]
+            stack.extend(reversed(children))            # reversed, so children come out in order
 
     def modules(self):
         for _, m in self.named_modules():
@@ -109,16 +117,21 @@ class Module:
             p.grad = None
 
     def to(self, device=None, dtype=None):
-        """Move/cast every parameter in place (same Parameter objects); returns self."""
+        """Move/cast every parameter (and its .grad) in place, keeping the same Parameter objects,
+        so optimizers built earlier still hold them. Returns self."""
+        if dtype is not None and not backend.is_floating(backend.dtype(dtype)):
+            raise TypeError(f"{type(self).__name__}.to: dtype must be floating point, got {dtype}")
+        device = backend.check_device(device) if device is not None else None
+
+        def convert(data):
+            if dtype is not None:
+                data = data.astype(backend.dtype(dtype), copy=False)
+            return backend.to_device(data, device) if device is not None else data
+
         for p in self.parameters():
-            data = p.data
-            if dtype is not None and backend.is_floating(data.dtype):
-                data = data.astype(backend.dtype(dtype))
-            if device is not None:
-                data = backend.to_device(data, backend.check_device(device))
-            p.data = data
+            p.data = convert(p.data)
             if p.grad is not None:
-                p.grad = None
+                p.grad = convert(p.grad)
         return self
 
     # ------------------------------------------------------------------ state
@@ -129,8 +142,9 @@ class Module:
     def load_state_dict(self, state, strict=True):
         """Copy arrays into the parameters, cast to each parameter's dtype and device.
 
-        Raises KeyError naming missing/unexpected keys (when strict) and ValueError naming a key
-        whose shape differs.
+        Everything is checked before any parameter changes, so a failed load leaves the model as
+        it was. Raises KeyError naming missing/unexpected keys (when strict) and ValueError naming
+        a key whose shape differs (always, as torch does).
         """
         own = dict(self.named_parameters())
         missing = [k for k in own if k not in state]
@@ -142,15 +156,19 @@ class Module:
             if unexpected:
                 parts.append(f"unexpected keys: {', '.join(unexpected)}")
             raise KeyError(f"load_state_dict for {type(self).__name__}: " + "; ".join(parts))
+        arrays = {}
         for name, p in own.items():
             if name not in state:
                 continue
             value = state[name]
-            value = value.data if isinstance(value, Tensor) else value
+            value = backend.to_numpy(value.data if isinstance(value, Tensor) else value)
             if tuple(value.shape) != tuple(p.shape):
                 raise ValueError(f"load_state_dict: shape mismatch for key {name!r}: checkpoint has "
                                  f"{tuple(value.shape)}, the model has {tuple(p.shape)}")
-            p.data = backend.to_device(backend.host_array(backend.to_numpy(value)).astype(p.dtype), p.device)
+            arrays[name] = value
+        for name, value in arrays.items():
+            p = own[name]
+            p.data = backend.to_device(value.astype(p.dtype), p.device)   # astype copies: no aliasing
         return self
 
     def extra_repr(self):
@@ -169,11 +187,17 @@ class ModuleList(Module):
 
     def __init__(self, modules=()):
         super().__init__()
-        for m in modules:
-            self.append(m)
+        self.extend(modules)
 
     def append(self, module):
+        if not isinstance(module, Module):
+            raise TypeError(f"{type(self).__name__}.append: expected a Module, got {type(module).__name__}")
         setattr(self, str(len(self._modules)), module)
+        return self
+
+    def extend(self, modules):
+        for m in modules:
+            self.append(m)
         return self
 
     def __getitem__(self, i):
@@ -192,7 +216,10 @@ class ModuleList(Module):
 
 
 class Sequential(ModuleList):
-    """Modules applied one after another."""
+    """Modules applied one after another: Sequential(Linear(4, 8), ReLU(), Linear(8, 2))."""
+
+    def __init__(self, *modules):
+        super().__init__(modules)
 
     def forward(self, x):
         for m in self:
@@ -243,10 +270,11 @@ class Embedding(Module):
     def forward(self, indices):
         out = F.embedding(indices, self.weight)
         if self.padding_idx is not None and out.requires_grad:
-            # torch never updates the padding row: mask its gradient by masking the lookup's output
-            # rows (the values there are already zero, so the forward is unchanged).
-            ids = indices if isinstance(indices, Tensor) else Tensor(indices)
-            out = out.masked_fill((ids == self.padding_idx).unsqueeze(-1), 0.0)
+            # torch never updates the padding row: at padded positions take the detached lookup, so
+            # the values are unchanged (even for a non-zero padding row) but no gradient flows back.
+            ids = indices if isinstance(indices, Tensor) else Tensor(indices, device=out.device)
+            is_pad = (ids == self.padding_idx).unsqueeze(-1)        # (..., 1), broadcasts over the dim
+            out = where(is_pad, out.detach(), out)
         return out
 
     def extra_repr(self):

@@ -1,0 +1,321 @@
+"""Optimizers, the Transformer paper's learning-rate schedule, and gradient clipping.
+
+Each update follows torch.optim's formulas line by line, so the two agree step for step. Updates
+work on the raw arrays (`p.data`, `p.grad`) in place, with no graph: the optimizer owns its buffers
+(moments, momentum, scratch arrays per parameter) and reuses them every step.
+
+Usage:
+    opt = tx.optim.Adam(model.parameters(), lr=1e-3)
+    loss.backward(); opt.step(); opt.zero_grad()
+"""
+from __future__ import annotations
+
+import math
+
+from . import backend
+from .tensor import Tensor
+
+
+class Optimizer:
+    """Holds the parameters, the learning rate `lr` (read at every step, so a scheduler may change
+    it) and per-parameter state. Subclasses name their hyperparameters and state, and define
+    `_update(i, p, grad)`.
+    """
+    hyperparameters: tuple = ("lr",)       # attributes saved by state_dict() as plain numbers
+    state_names: tuple = ()                # per-parameter state: an array the parameter's shape,
+    scalar_state_names: tuple = ()         # ... or a number (such as Adam's step count)
+
+    def __init__(self, params, lr):
+        if isinstance(params, Tensor):
+            params = [params]
+        self.params = list(params)
+        if not self.params:
+            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+        seen = set()
+        for i, p in enumerate(self.params):
+            if not isinstance(p, Tensor):
+                raise TypeError(f"{type(self).__name__}: parameter {i} is a {type(p).__name__}, not a Tensor")
+            if not p.requires_grad:
+                raise ValueError(f"{type(self).__name__}: parameter {i} (shape {p.shape}) does not require grad")
+            if id(p) in seen:
+                raise ValueError(f"{type(self).__name__}: parameter {i} (shape {p.shape}) appears twice")
+            seen.add(id(p))
+        if lr < 0:
+            raise ValueError(f"{type(self).__name__}: invalid learning rate {lr}")
+        self.lr = lr
+        self.state = [{} for _ in self.params]      # state[i]: name -> array or number, for params[i]
+        self._scratch = [{} for _ in self.params]   # work arrays per parameter (never saved)
+
+    def zero_grad(self):
+        """Drop every gradient (torch's set_to_none=True): the next backward starts fresh."""
+        for p in self.params:
+            p.grad = None
+
+    def step(self):
+        """Update every parameter that has a gradient; parameters whose grad is None are skipped."""
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            if p.grad.shape != p.shape:
+                raise ValueError(f"{type(self).__name__}.step: parameter {i} has shape {p.shape} "
+                                 f"but its grad has shape {p.grad.shape}")
+            self._update(i, p, p.grad)
+
+    def _update(self, i, p, grad):
+        raise NotImplementedError
+
+    def _buffer(self, i, p, name):
+        """The state array `name` of parameter i, created as zeros on first use."""
+        st = self.state[i]
+        if name not in st:
+            st[name] = p.xp.zeros_like(p.data)
+        return st[name]
+
+    def _work(self, i, p, slot=0):
+        """A scratch array of parameter i: intermediate results go here instead of new allocations."""
+        arrays = self._scratch[i]
+        if slot not in arrays or arrays[slot].dtype != p.dtype or arrays[slot].shape != p.shape:
+            arrays[slot] = p.xp.empty_like(p.data)
+        return arrays[slot]
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self):
+        """A flat dict: hyperparameters as plain numbers, and 'state.<i>.<name>' for the state of
+        parameter i (host NumPy copies of arrays, plain numbers for counters). It saves with
+        tx.save as it is, or split into arrays (.npz) and numbers (JSON).
+        """
+        out = {name: getattr(self, name) for name in self.hyperparameters}
+        for i, st in enumerate(self.state):
+            for name, value in st.items():
+                key = f"state.{i}.{name}"
+                out[key] = value if name in self.scalar_state_names else backend.to_numpy(value).copy()
+        return out
+
+    def load_state_dict(self, state):
+        """Restore hyperparameters and per-parameter state, so that training resumes exactly.
+
+        Arrays are cast to each parameter's dtype and device. Everything is checked first; errors
+        name the key (KeyError for a missing or unexpected key, ValueError for a wrong shape).
+        """
+        own = type(self).__name__
+        for name in self.hyperparameters:
+            if name not in state:
+                raise KeyError(f"{own}.load_state_dict: missing key {name!r}")
+        new_state = [{} for _ in self.params]
+        for key, value in state.items():
+            if key in self.hyperparameters:
+                continue
+            parts = key.split(".")
+            names = self.state_names + self.scalar_state_names
+            if len(parts) != 3 or parts[0] != "state" or not parts[1].isdigit() or parts[2] not in names:
+                raise KeyError(f"{own}.load_state_dict: unexpected key {key!r}")
+            i, name = int(parts[1]), parts[2]
+            if i >= len(self.params):
+                raise KeyError(f"{own}.load_state_dict: unexpected key {key!r}: the optimizer has "
+                               f"only {len(self.params)} parameters")
+            p = self.params[i]
+            if name in self.scalar_state_names:
+                new_state[i][name] = _number(value)
+                continue
+            value = backend.to_numpy(value.data if isinstance(value, Tensor) else value)
+            if tuple(value.shape) != tuple(p.shape):
+                raise ValueError(f"{own}.load_state_dict: shape mismatch for key {key!r}: the state has "
+                                 f"{tuple(value.shape)}, parameter {i} has {tuple(p.shape)}")
+            new_state[i][name] = backend.to_device(value.astype(p.dtype), p.device)   # astype copies
+        for i, st in enumerate(new_state):
+            if st and set(st) != set(self.state_names + self.scalar_state_names):
+                absent = sorted(set(self.state_names + self.scalar_state_names) - set(st))
+                raise KeyError(f"{own}.load_state_dict: missing key 'state.{i}.{absent[0]}'")
+        for name in self.hyperparameters:
+            setattr(self, name, _number(state[name]))
+        self.state = new_state
+        return self
+
+
+def _number(value):
+    """A plain Python int/float from a number or a 0-d array (as tx.load returns scalars)."""
+    if isinstance(value, Tensor):
+        value = value.data
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------- SGD
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional momentum and L2 weight decay (torch.optim.SGD,
+    dampening 0, no Nesterov):
+        d = grad + weight_decay * p
+        buf = d on the first step, then buf = momentum * buf + d;   d = buf   (when momentum > 0)
+        p = p - lr * d
+    """
+    hyperparameters = ("lr", "momentum", "weight_decay")
+    state_names = ("momentum_buffer",)
+
+    def __init__(self, params, lr, momentum=0.0, weight_decay=0.0):
+        super().__init__(params, lr)
+        if momentum < 0 or weight_decay < 0:
+            raise ValueError(f"SGD: momentum ({momentum}) and weight_decay ({weight_decay}) must be >= 0")
+        self.momentum, self.weight_decay = momentum, weight_decay
+
+    def _update(self, i, p, grad):
+        xp, work = p.xp, self._work(i, p)
+        d = grad
+        if self.weight_decay != 0:
+            xp.multiply(p.data, self.weight_decay, out=work)
+            work += grad                                       # d = grad + weight_decay * p
+            d = work
+        if self.momentum != 0:
+            if "momentum_buffer" not in self.state[i]:
+                self.state[i]["momentum_buffer"] = d.copy()    # torch starts the buffer at d
+            else:
+                buf = self.state[i]["momentum_buffer"]
+                buf *= self.momentum
+                buf += d
+            d = self.state[i]["momentum_buffer"]
+        xp.multiply(d, -self.lr, out=work)
+        p.data += work                                         # p = p - lr * d
+
+
+# ---------------------------------------------------------------------------- Adam and AdamW
+class Adam(Optimizer):
+    """Adam (Kingma & Ba), as torch.optim.Adam computes it. With t the parameter's step count:
+        g = grad + weight_decay * p                      (L2 penalty; AdamW decays p instead)
+        m = m + (1 - beta1) (g - m)                      (torch's lerp towards g)
+        v = beta2 v + (1 - beta2) g^2
+        step_size = lr / (1 - beta1^t)
+        denom = sqrt(v) / sqrt(1 - beta2^t) + eps
+        p = p - step_size * m / denom
+    """
+    hyperparameters = ("lr", "beta1", "beta2", "eps", "weight_decay")
+    state_names = ("exp_avg", "exp_avg_sq")
+    scalar_state_names = ("step",)
+    decoupled_weight_decay = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(params, lr)
+        beta1, beta2 = betas
+        if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
+            raise ValueError(f"{type(self).__name__}: betas must be in [0, 1), got {betas}")
+        if eps < 0 or weight_decay < 0:
+            raise ValueError(f"{type(self).__name__}: eps ({eps}) and weight_decay ({weight_decay}) must be >= 0")
+        self.beta1, self.beta2, self.eps, self.weight_decay = beta1, beta2, eps, weight_decay
+
+    @property
+    def betas(self):
+        return (self.beta1, self.beta2)
+
+    def _update(self, i, p, grad):
+        xp, work = p.xp, self._work(i, p)
+        m, v = self._buffer(i, p, "exp_avg"), self._buffer(i, p, "exp_avg_sq")
+        t = self.state[i]["step"] = self.state[i].get("step", 0) + 1
+
+        # 1. weight decay: AdamW shrinks the weights; Adam adds an L2 term to the gradient
+        if self.weight_decay != 0 and self.decoupled_weight_decay:
+            p.data *= 1 - self.lr * self.weight_decay
+        elif self.weight_decay != 0:
+            g = self._work(i, p, slot=1)                       # the moments read g twice: keep it apart
+            xp.multiply(p.data, self.weight_decay, out=g)
+            g += grad                                          # g = grad + weight_decay * p
+            grad = g
+
+        # 2. moments: v = beta2 v + (1 - beta2) g^2,  m = m + (1 - beta1)(g - m)
+        xp.multiply(grad, 1 - self.beta2, out=work)
+        work *= grad
+        v *= self.beta2
+        v += work
+        xp.subtract(grad, m, out=work)
+        work *= 1 - self.beta1
+        m += work
+
+        # 3. bias-corrected step: p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+        step_size = self.lr / (1 - self.beta1 ** t)
+        bias_correction2_sqrt = math.sqrt(1 - self.beta2 ** t)
+        xp.sqrt(v, out=work)
+        work /= bias_correction2_sqrt
+        work += self.eps                                       # work = denom
+        xp.divide(m, work, out=work)
+        work *= -step_size
+        p.data += work
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), as torch.optim.AdamW: each step
+    first shrinks p by (1 - lr * weight_decay), then takes Adam's step without the L2 term."""
+    decoupled_weight_decay = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        super().__init__(params, lr, betas, eps, weight_decay)
+
+
+# ---------------------------------------------------------------------------- schedule
+class NoamScheduler:
+    """The learning rate of "Attention Is All You Need" (section 5.3): linear warm-up, then decay
+    with the inverse square root of the step:
+        lr = factor * d_model^-0.5 * min(step^-0.5, step * warmup_steps^-1.5)
+
+    Call `scheduler.step()` before each `optimizer.step()`: the first update then uses step 1.
+    """
+
+    def __init__(self, optimizer, d_model, warmup_steps, factor=1.0):
+        if d_model <= 0 or warmup_steps <= 0:
+            raise ValueError(f"NoamScheduler: d_model ({d_model}) and warmup_steps ({warmup_steps}) must be > 0")
+        self.optimizer = optimizer
+        self.d_model, self.warmup_steps, self.factor = d_model, warmup_steps, factor
+        self.step_num = 0
+
+    def rate(self, step):
+        """The learning rate at `step` (>= 1)."""
+        if step < 1:
+            raise ValueError(f"NoamScheduler.rate: step must be >= 1, got {step}")
+        return self.factor * self.d_model ** -0.5 * min(step ** -0.5, step * self.warmup_steps ** -1.5)
+
+    def step(self):
+        """Advance one step and set optimizer.lr; returns the new learning rate."""
+        self.step_num += 1
+        self.optimizer.lr = self.rate(self.step_num)
+        return self.optimizer.lr
+
+    def state_dict(self):
+        return {"step": self.step_num, "d_model": self.d_model, "warmup_steps": self.warmup_steps,
+                "factor": self.factor}
+
+    def load_state_dict(self, state):
+        for key in ("step", "d_model", "warmup_steps", "factor"):
+            if key not in state:
+                raise KeyError(f"NoamScheduler.load_state_dict: missing key {key!r}")
+        unexpected = [k for k in state if k not in ("step", "d_model", "warmup_steps", "factor")]
+        if unexpected:
+            raise KeyError(f"NoamScheduler.load_state_dict: unexpected key {unexpected[0]!r}")
+        self.step_num = _number(state["step"])
+        self.d_model, self.warmup_steps = _number(state["d_model"]), _number(state["warmup_steps"])
+        self.factor = _number(state["factor"])
+        if self.step_num >= 1:
+            self.optimizer.lr = self.rate(self.step_num)
+        return self
+
+
+# ---------------------------------------------------------------------------- clipping
+def clip_grad_norm(params, max_norm):
+    """Scale all gradients together so that their joint L2 norm is at most `max_norm`, as
+    torch.nn.utils.clip_grad_norm_ does: the factor is max_norm / (norm + 1e-6), applied in place
+    when it is below 1. Parameters without a gradient are ignored.
+
+    Returns:
+        the total norm before clipping, as a Python float.
+    """
+    if isinstance(params, Tensor):
+        params = [params]
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    xp = backend.array_module(grads[0])
+    squares = [xp.vdot(g, g) for g in grads]          # vdot flattens; one sync at float() below
+    total_norm = math.sqrt(float(sum(squares)))
+    clip_coef = float(max_norm) / (total_norm + 1e-6)
+    if clip_coef < 1.0:
+        for g in grads:
+            g *= clip_coef
+    return total_norm

@@ -1,0 +1,72 @@
+"""Saving and loading state dicts as .npz files: atomic writes, and loads that never unpickle.
+
+    tx.save(model.state_dict(), "model.npz")
+    model.load_state_dict(tx.load("model.npz"))
+"""
+from __future__ import annotations
+
+import numbers
+import os
+import uuid
+from collections.abc import Mapping
+
+from . import backend
+from .tensor import Tensor
+
+
+def _host_array(name, value):
+    """A host NumPy array for one state-dict entry, or a TypeError naming the key."""
+    if isinstance(value, Tensor):
+        value = value.data
+    if backend.is_array(value):
+        arr = backend.to_numpy(value)
+    elif isinstance(value, numbers.Number) or getattr(value, "ndim", None) == 0:   # also NumPy scalars
+        arr = backend.host_array(value)                 # a scalar becomes a 0-d array
+    else:
+        raise TypeError(f"save: the value of key {name!r} is a {type(value).__name__}; only arrays, "
+                        f"Tensors and numbers can be saved (keep other metadata in a JSON file)")
+    if arr.dtype.hasobject:
+        raise TypeError(f"save: the value of key {name!r} is an object array, which would need pickling")
+    return arr
+
+
+def save(state_dict, path) -> None:
+    """Write a dict of name -> array (NumPy/CuPy arrays, Tensors or numbers) to `path` as .npz.
+
+    The file is written to a temporary file in the same folder and renamed over `path` with
+    os.replace, so a reader sees either the old file or the complete new one, never a half-written
+    file, and a failed save leaves the old file untouched. `path` is used exactly as given (no
+    '.npz' is appended).
+    """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"save: expected a dict of name -> array, got a {type(state_dict).__name__}")
+    arrays = {}
+    for name, value in state_dict.items():
+        if not isinstance(name, str):
+            raise TypeError(f"save: keys must be strings, got {name!r} ({type(name).__name__})")
+        arrays[name] = _host_array(name, value)
+
+    path = os.fspath(path)
+    folder, base = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{base}.{uuid.uuid4().hex}.tmp")
+    # O_EXCL: never reuse an existing file; mode 0o666 so the umask decides, as for a plain open()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            backend.write_npz(f, arrays)
+            f.flush()
+            os.fsync(f.fileno())                        # the data is on disk before the rename
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load(path) -> dict:
+    """Read a file written by `save` into a dict of name -> host NumPy array.
+
+    Uses allow_pickle=False: a file holding pickled objects raises instead of running code.
+    Scalars come back as 0-d arrays.
+    """
+    return backend.read_npz(os.fspath(path))
