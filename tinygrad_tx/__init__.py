@@ -12,6 +12,7 @@ from . import nn
 from . import optim
 from .serialization import save, load
 from .gradcheck import gradcheck, GradcheckError
+from . import viz
 
 float32 = backend.float32
 float64 = backend.float64

@@ -1,0 +1,21 @@
+"""Pictures of the computation: graphs (forward, backward, clustered by module), a narrated backward
+pass, and attention / positional-encoding heatmaps.
+
+Importing this package needs nothing beyond the engine: graphviz and matplotlib (the `viz` extra,
+`pip install 'tinygrad-tx[viz]'`) are imported by the functions that use them.
+
+    draw_graph(root, backward=False, depth=None, ...)   -> graphviz.Digraph
+    record_gradients()                                  context manager: remember gradient norms
+    explain(loss)                                       narrate, then run, the backward pass
+    plot_attention(weights, src_tokens, tgt_tokens, path)
+    plot_positional_encoding(max_len, d_model, path)
+    draw_command(what, out, depth=None, backward=False) the `tinygrad-tx draw` command
+"""
+from .explain import RULES, explain
+from .graph import GraphvizNotInstalled, draw_graph
+from .plots import plot_attention, plot_positional_encoding, sinusoid_table
+from .record import record_gradients
+from .examples import EXAMPLES, build_example, draw_command, save_drawing
+
+__all__ = ["draw_graph", "record_gradients", "explain", "RULES", "plot_attention", "plot_positional_encoding",
+           "sinusoid_table", "GraphvizNotInstalled", "draw_command", "build_example", "save_drawing", "EXAMPLES"]

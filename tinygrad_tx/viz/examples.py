@@ -1,0 +1,140 @@
+"""Ready-made computations to draw, and the `tinygrad-tx draw` command that renders them."""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+
+from .. import backend, nn
+from .. import functional as F
+from ..nn import Parameter
+from ..tensor import Tensor
+from .graph import GraphvizNotInstalled, draw_graph
+from .record import record_gradients
+
+EXAMPLES = ("mlp", "attention", "encoder-layer", "decoder-layer", "transformer")
+FORMATS = ("svg", "png", "pdf", "dot")
+
+
+@dataclass
+class Example:
+    output: Tensor                   # what a forward drawing starts from
+    loss: Tensor                     # a scalar for backward drawings
+    module: nn.Module | None = None
+    keep: list = field(default_factory=list)    # named intermediates kept alive so drawings show their values
+
+
+class MLP(nn.Module):
+    """Two linear layers with a ReLU between them."""
+
+    def __init__(self, d_in=4, d_hidden=8, d_out=3):
+        super().__init__()
+        self.hidden = nn.Linear(d_in, d_hidden)
+        self.out = nn.Linear(d_hidden, d_out)
+
+    def forward(self, x):
+        return self.out(self.hidden(x).relu())
+
+
+def _named(t: Tensor, name: str) -> Tensor:
+    t.name = name
+    return t
+
+
+def _mlp(rng) -> Example:
+    mlp = MLP()
+    x = _named(Tensor(rng.standard_normal((2, 4)).astype(backend.float32)), "x")
+    logits = _named(mlp(x), "logits")
+    loss = _named(F.cross_entropy(logits, Tensor([0, 2])), "loss")
+    return Example(loss, loss, mlp, [logits])
+
+
+def _attention_head(rng) -> Example:
+    """One causal attention head, written out with the engine's primitives."""
+    T, d_model, d_k = 4, 8, 4
+    xp = backend.get_xp("cpu")
+    x = _named(Tensor(rng.standard_normal((T, d_model)).astype(backend.float32)), "x")
+    weights = {}
+    for name in ("W_Q", "W_K", "W_V"):
+        weights[name] = _named(Parameter(rng.standard_normal((d_model, d_k)).astype(backend.float32)
+                                         / math.sqrt(d_model)), name)
+    q = _named(x @ weights["W_Q"], "Q")                                  # (T, d_k)
+    k = _named(x @ weights["W_K"], "K")                                  # (T, d_k)
+    v = _named(x @ weights["W_V"], "V")                                  # (T, d_k)
+    scores = _named((q @ k.transpose(0, 1)) * (1.0 / math.sqrt(d_k)), "scores = Q K^T / sqrt(d_k)")  # (T, T)
+    future = _named(Tensor(xp.triu(xp.ones((T, T), dtype=backend.bool_), k=1)), "causal mask (future)")
+    masked = _named(scores.masked_fill(future, -1e9), "masked scores")
+    attn = _named(masked.softmax(axis=-1), "attention weights")          # (T, T)
+    out = _named(attn @ v, "output")                                     # (T, d_k)
+    loss = _named(out.sum(), "loss")
+    return Example(out, loss, None, [q, k, v, scores, masked, attn])
+
+
+def _models():
+    try:
+        from models import transformer
+    except ImportError as e:
+        raise RuntimeError("drawing encoder-layer, decoder-layer or transformer needs the models package "
+                           f"(models/transformer.py), which could not be imported: {e}") from e
+    return transformer
+
+
+def build_example(what: str) -> Example:
+    """Build the named example with fixed seeds: mlp | attention | encoder-layer | decoder-layer | transformer."""
+    if what not in EXAMPLES:
+        raise ValueError(f"draw: unknown example {what!r}; choose one of {', '.join(EXAMPLES)}")
+    backend.manual_seed(0)
+    rng = backend.rng_for_check(0)
+    if what == "mlp":
+        return _mlp(rng)
+    if what == "attention":
+        return _attention_head(rng)
+    return _model_example(what, rng)
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def save_drawing(graph, out) -> str:
+    """Write a drawing to FILE.svg|png|pdf|dot. Without Graphviz's `dot`, write FILE.dot and say so.
+
+    Returns:
+        the path written.
+    """
+    out = os.fspath(out)
+    fmt = os.path.splitext(out)[1].lstrip(".").lower()
+    if fmt not in FORMATS:
+        raise ValueError(f"draw: cannot tell the format of {out!r}; end it in one of "
+                         f"{', '.join('.' + f for f in FORMATS)}")
+    if fmt != "dot":
+        try:
+            _write_atomic(out, graph.pipe(format=fmt))
+            return out
+        except GraphvizNotInstalled as e:
+            dot_path = os.path.splitext(out)[0] + ".dot"
+            print(f"{e}\nWrote the DOT source to {dot_path} instead; after installing Graphviz run:\n"
+                  f"    dot -T{fmt} {dot_path} -o {out}", file=sys.stderr)
+            out = dot_path
+    _write_atomic(out, graph.source.encode("utf-8"))
+    return out
+
+
+def draw_command(what: str, out, depth: int | None = None, backward: bool = False) -> str:
+    """`tinygrad-tx draw --what WHAT [--depth K] [--backward] --out FILE`: returns the path written."""
+    example = build_example(what)
+    if backward:
+        with record_gradients():
+            example.loss.backward()
+        graph = draw_graph(example.loss, backward=True, depth=depth, module=example.module)
+    else:
+        graph = draw_graph(example.output, depth=depth, module=example.module)
+    return save_drawing(graph, out)
+
+
+def _model_example(what: str, rng) -> Example:
+    raise RuntimeError(f"draw: {what} needs models/transformer.py, which is not written yet")

@@ -1,0 +1,473 @@
+"""`draw_graph`: the computation as a Graphviz drawing, forward or backward, clustered by module.
+
+The drawing is built in three passes over the graph record (see autograd.py):
+  1. a plain list of vertices and edges (forward: op and tensor nodes; backward: gradient steps),
+     each vertex tagged with the module scope it was created in;
+  2. with `depth=k`, every module deeper than k folds into one box that lists its input and output
+     shapes;
+  3. emission to a `graphviz.Digraph`, with one nested `cluster_<path>` subgraph per module.
+Labels (and the min/mean/max they may compute) are made only in pass 3, for what is drawn.
+The drawing holds strings only, never a tensor or a node.
+"""
+from __future__ import annotations
+
+import contextlib
+
+from .. import backend
+from ..autograd import Function
+from ..nn import Module, Parameter
+from ..tensor import Tensor
+from . import record
+from .explain import fmt_shape, leaf_name, rule
+
+INSTALL_HINT = ("Rendering needs Graphviz's `dot` program, which is not on PATH. Install Graphviz with one of\n"
+                "    apt-get install graphviz     (Debian, Ubuntu)\n"
+                "    brew install graphviz        (macOS)\n"
+                "    conda install graphviz       (conda)\n"
+                "The drawing's DOT text is still there: graph.source, or graph.save('graph.dot').")
+
+# Fill colours, one per kind of vertex
+_STYLE = {
+    "op": dict(shape="ellipse", style="filled", fillcolor="#fff2b3"),
+    "tensor": dict(shape="box", style="rounded,filled", fillcolor="#ffffff"),
+    "parameter": dict(shape="box", style="rounded,filled", fillcolor="#cfe3ff"),
+    "input": dict(shape="box", style="rounded,filled", fillcolor="#e4e4e4"),
+    "constant": dict(shape="plaintext", style="", fontsize="10"),
+    "module": dict(shape="box3d", style="filled", fillcolor="#c9ecc2"),
+    "grad_op": dict(shape="box", style="rounded,filled", fillcolor="#ffd6d6"),
+    "sum": dict(shape="box", style="dashed,filled", fillcolor="#ffe9cc"),
+    "grad_leaf": dict(shape="box", style="rounded,filled", fillcolor="#cfe3ff"),
+    "seed": dict(shape="box", style="filled", fillcolor="#ffb380"),
+}
+_CLUSTER_FILLS = ("#f4f7fb", "#e8eef7", "#dde6f3", "#d2ddee")
+
+
+class GraphvizNotInstalled(RuntimeError):
+    """Raised when a drawing is rendered on a machine without Graphviz's `dot` program."""
+
+
+def _import_graphviz():
+    try:
+        import graphviz
+    except ImportError as e:
+        raise ImportError("tinygrad_tx.viz needs the graphviz Python package: "
+                          "pip install 'tinygrad-tx[viz]' (or pip install graphviz)") from e
+    return graphviz
+
+
+_drawing_class = None
+
+
+def digraph_class():
+    """graphviz.Digraph whose render/pipe explain how to install Graphviz when `dot` is missing."""
+    global _drawing_class
+    if _drawing_class is None:
+        graphviz = _import_graphviz()
+
+        @contextlib.contextmanager
+        def explain_missing_dot():
+            try:
+                yield
+            except graphviz.ExecutableNotFound as e:
+                raise GraphvizNotInstalled(INSTALL_HINT) from e
+
+        class Drawing(graphviz.Digraph):
+            """A graphviz.Digraph from tinygrad_tx.viz.draw_graph."""
+
+            def pipe(self, *args, **kwargs):
+                with explain_missing_dot():
+                    return super().pipe(*args, **kwargs)
+
+            def render(self, *args, **kwargs):
+                with explain_missing_dot():
+                    return super().render(*args, **kwargs)
+
+            def unflatten(self, *args, **kwargs):
+                with explain_missing_dot():
+                    return super().unflatten(*args, **kwargs)
+
+        _drawing_class = Drawing
+    return _drawing_class
+
+
+# ============================================================================ pass 1: vertices and edges
+class _Vertex:
+    __slots__ = ("id", "kind", "scope", "obj", "root")
+
+    def __init__(self, vid, kind, scope, obj=None):
+        self.id, self.kind, self.scope, self.obj, self.root = vid, kind, scope, obj, False
+
+
+class _Edge:
+    __slots__ = ("src", "dst", "shape", "label")
+
+    def __init__(self, src, dst, shape, label=""):
+        self.src, self.dst, self.shape, self.label = src, dst, shape, label
+
+
+class _Picture:
+    """Vertices (in drawing order) and edges, before any Graphviz call."""
+
+    def __init__(self):
+        self.vertices: dict[str, _Vertex] = {}
+        self.edges: list[_Edge] = []
+        self._ids: dict[int, str] = {}
+
+    def vertex(self, key, kind, scope, obj=None) -> _Vertex:
+        """The vertex for (kind, object) `key`, created on first use with a short stable id."""
+        vid = self._ids.get(key)
+        if vid is None:
+            vid = self._ids[key] = f"n{len(self._ids)}"
+            self.vertices[vid] = _Vertex(vid, kind, scope, obj)
+        return self.vertices[vid]
+
+
+def _leaf_kind(leaf: Tensor) -> str:
+    if isinstance(leaf, Parameter):
+        return "parameter"
+    return "constant" if leaf.ndim == 0 and not leaf.requires_grad else "input"
+
+
+def _common_scope(scopes) -> str:
+    """The innermost module containing every scope: the longest common dotted prefix."""
+    parts = None
+    for s in scopes:
+        p = s.split(".") if s else []
+        if parts is None:
+            parts = p
+        else:
+            n = 0
+            while n < min(len(parts), len(p)) and parts[n] == p[n]:
+                n += 1
+            parts = parts[:n]
+    return ".".join(parts or [])
+
+
+def _place_leaves(picture: _Picture, consumers: dict):
+    """Parameters and scalar constants sit inside the module that uses them; inputs stay outside."""
+    for vid, scopes in consumers.items():
+        v = picture.vertices[vid]
+        if v.kind in ("parameter", "constant", "grad_leaf"):
+            if v.kind == "grad_leaf" and not isinstance(v.obj, Parameter):
+                continue
+            v.scope = _common_scope(scopes)
+
+
+def _forward_picture(roots: list[Tensor]) -> _Picture:
+    pic = _Picture()
+    consumers: dict[str, list[str]] = {}
+    for node in record.graph_nodes(roots):
+        op = pic.vertex(("op", id(node)), "op", node.scope, node)
+        out = pic.vertex(("tensor", id(node)), "tensor", node.scope, node)
+        for parent in node.parents:
+            if parent is None:
+                continue
+            if isinstance(parent, Function):
+                src = pic.vertex(("tensor", id(parent)), "tensor", parent.scope, parent)
+            else:
+                src = pic.vertex(("leaf", id(parent)), _leaf_kind(parent), "", parent)
+                consumers.setdefault(src.id, []).append(node.scope)
+            pic.edges.append(_Edge(src.id, op.id, record.input_shape(parent)))
+        pic.edges.append(_Edge(op.id, out.id, tuple(node.out_shape)))
+    for r in roots:
+        v = (pic.vertex(("tensor", id(r._ctx)), "tensor", r._ctx.scope, r._ctx) if r._ctx is not None
+             else pic.vertex(("leaf", id(r)), _leaf_kind(r), "", r))
+        v.root = True
+    _place_leaves(pic, consumers)
+    return pic
+
+
+def _grad_label(shape, sent) -> str:
+    return fmt_shape(shape) + (f"\n‖g‖ = {sent[1]:.3g}" if sent is not None else "")
+
+
+def _backward_picture(roots: list[Tensor]) -> tuple[_Picture, bool]:
+    """Gradient flow from each root to the leaves; also whether any gradient norms were recorded."""
+    pic = _Picture()
+    consumers: dict[str, list[str]] = {}
+    any_recorded = False
+    for r in roots:
+        if r._ctx is None:
+            continue
+        seed = pic.vertex(("seed", id(r)), "seed", "", r)
+        rec = record.recorded(r._ctx)
+        label = _grad_label(r.shape, (None, rec.grad_norm) if rec else None)
+        pic.edges.append(_Edge(seed.id, pic.vertex(("grad", id(r._ctx)), "grad_op", r._ctx.scope, r._ctx).id,
+                               tuple(r.shape), label))
+    for node in reversed(record.graph_nodes(roots)):
+        step = pic.vertex(("grad", id(node)), "grad_op", node.scope, node)
+        rec = record.recorded(node)
+        any_recorded = any_recorded or rec is not None
+        for i, (parent, needs) in enumerate(zip(node.parents, node.needs_input_grad)):
+            if parent is None or not needs:
+                continue
+            if isinstance(parent, Function):
+                dst = pic.vertex(("grad", id(parent)), "grad_op", parent.scope, parent)
+            else:
+                dst = pic.vertex(("leaf", id(parent)), "grad_leaf", "", parent)
+                consumers.setdefault(dst.id, []).append(node.scope)
+            sent = rec.inputs[i] if rec is not None else None
+            shape = record.input_shape(parent)
+            full, axes = record.broadcast_axes(node, i)
+            if axes:        # the unbroadcast sum, drawn as its own step
+                summed = pic.vertex(("sum", id(node), i), "sum", node.scope, (full, axes, shape))
+                pic.edges.append(_Edge(step.id, summed.id, full, fmt_shape(full)))
+                pic.edges.append(_Edge(summed.id, dst.id, shape, _grad_label(shape, sent)))
+            else:
+                pic.edges.append(_Edge(step.id, dst.id, shape, _grad_label(shape, sent)))
+    _place_leaves(pic, consumers)
+    return pic, any_recorded
+
+
+# ============================================================================ module scopes
+class _Scopes:
+    """The module tree seen through scope paths.
+
+    The root module records its class name ('EncoderLayer') for the ops of its own forward and its
+    children record their paths without it ('self_attn', 'ffn.linear1'). The root is level 0, its
+    children level 1, and so on; every other path nests in the path one dot shorter.
+    """
+
+    def __init__(self, scopes, module: Module | None):
+        scopes = {s for s in scopes if s}
+        self.classes: dict[str, str] = {}
+        if module is not None:
+            self.root = module._path or type(module).__name__
+            for path, m in module.named_modules():
+                full = f"{module._path}.{path}" if module._path and path else (path or self.root)
+                self.classes[full] = type(m).__name__
+        else:
+            class_scopes = [s for s in scopes if "." not in s and s[:1].isupper()]
+            common = _common_scope(scopes) if scopes else ""
+            self.root = class_scopes[0] if len(class_scopes) == 1 else common if common in scopes else ""
+        self.root_is_path = bool(self.root) and not (self.root[:1].isupper() and "." not in self.root)
+
+    def _inside_root(self, s: str) -> bool:
+        return self.root_is_path and s.startswith(self.root + ".")
+
+    def parent(self, s: str) -> str:
+        if not s or s == self.root:
+            return ""
+        if "." in s:
+            return s.rsplit(".", 1)[0]
+        return self.root if self.root and not self.root_is_path else ""
+
+    def level(self, s: str) -> int:
+        if s == self.root:
+            return 0
+        n = s.count(".") + 1
+        return n - (self.root.count(".") + 1) if self._inside_root(s) else n
+
+    def chain(self, s: str) -> list[str]:
+        """s and its enclosing modules, outermost first."""
+        out = []
+        while s:
+            out.append(s)
+            s = self.parent(s)
+        return out[::-1]
+
+    def label(self, s: str) -> str:
+        cls = self.classes.get(s)
+        return f"{s}: {cls}" if cls and cls != s else s
+
+
+# ============================================================================ pass 2: depth collapsing
+def _collapse(pic: _Picture, scopes: _Scopes, depth: int) -> _Picture:
+    """Fold every module deeper than `depth` into one box vertex listing its inputs and outputs."""
+    box_of: dict[str, _Vertex] = {}               # vertex id -> the box that swallows it
+    boxes: dict[str, _Vertex] = {}
+    members: dict[str, list[_Vertex]] = {}
+    out = _Picture()
+    for v in pic.vertices.values():
+        folded = next((s for s in scopes.chain(v.scope) if scopes.level(s) > depth), None)
+        if folded is None:
+            out.vertices[v.id] = v
+            continue
+        box = boxes.get(folded)
+        if box is None:
+            box = boxes[folded] = _Vertex(f"box{len(boxes)}", "module", scopes.parent(folded),
+                                          {"path": folded, "inputs": {}, "outputs": {}})
+            out.vertices[box.id] = box
+            members[box.id] = []
+        box_of[v.id] = box
+        members[box.id].append(v)
+        box.root = box.root or v.root
+    seen = set()
+    for e in pic.edges:
+        src_box, dst_box = box_of.get(e.src), box_of.get(e.dst)
+        if src_box is not None and src_box is dst_box:
+            continue                                # inside one box: hidden
+        src = src_box.id if src_box else e.src
+        dst = dst_box.id if dst_box else e.dst
+        if dst_box is not None:
+            dst_box.obj["inputs"][e.src] = e.shape
+        label = e.label
+        if src_box is not None:
+            src_box.obj["outputs"][e.src] = e.shape
+            label = label or fmt_shape(e.shape)     # the tensor that carried it is hidden in the box
+        if src_box or dst_box:
+            key = (src, dst, e.src if src_box else None, label)
+            if key in seen:
+                continue
+            seen.add(key)
+        out.edges.append(_Edge(src, dst, e.shape, label))
+    for box in boxes.values():
+        inner = members[box.id]
+        box.obj["ops"] = sum(v.kind in ("op", "grad_op") for v in inner)
+        params = [v.obj for v in inner if isinstance(v.obj, Parameter)]
+        box.obj["params"] = (len(params), sum(p.size for p in params))
+    return out
+
+
+# ============================================================================ pass 3: labels and emission
+def _stats(array) -> str:
+    if array.size == 0 or array.dtype == backend.bool_:
+        return ""
+    xp = backend.array_module(array)
+    a = array.astype(backend.float64) if array.dtype.kind in "iu" else array
+    return f"min {float(xp.min(a)):.3g}  mean {float(xp.mean(a)):.3g}  max {float(xp.max(a)):.3g}"
+
+
+def _tensor_label(lines, shape, dtype, array, show_values) -> str:
+    lines.append(f"{fmt_shape(shape)} {dtype}")
+    if show_values and array is not None:
+        stats = _stats(array)
+        if stats:
+            lines.append(stats)
+    return "\n".join(lines)
+
+
+def _op_detail(node) -> str:
+    """Forward arguments that the node kept and that a reader wants to see (axis, axes)."""
+    for attr in ("axes", "axis"):
+        if attr in vars(node):
+            value = vars(node)[attr]
+            return f"{attr}={'all' if value is None else value}"
+    return ""
+
+
+def _label(v: _Vertex, names: dict, scopes: _Scopes, show_values: bool) -> str:
+    obj = v.obj
+    if v.kind == "op":
+        detail = _op_detail(obj)
+        return obj.op_name + (f"\n{detail}" if detail else "")
+    if v.kind == "tensor":
+        t = obj.out_ref() if obj.out_ref is not None else None
+        lines = [t.name] if t is not None and t.name else []
+        return _tensor_label(lines, obj.out_shape, obj.out_dtype, t.data if t is not None else None, show_values)
+    if v.kind in ("parameter", "input"):
+        name = obj.name or names.get(id(obj)) or leaf_name(obj)
+        return _tensor_label([name], obj.shape, obj.dtype, obj.data, show_values)
+    if v.kind == "constant":
+        return f"{obj.item():.4g}" if obj.dtype != backend.bool_ else str(obj.item())
+    if v.kind == "module":
+        info = obj
+        n_params, n_values = info["params"]
+        lines = [scopes.label(info["path"]),
+                 "in:  " + ", ".join(fmt_shape(s) for s in info["inputs"].values()) if info["inputs"] else "in:  -",
+                 "out: " + ", ".join(fmt_shape(s) for s in info["outputs"].values()) if info["outputs"] else "out: -",
+                 f"{info['ops']} ops" + (f", {n_params} parameters ({n_values:,} values)" if n_params else "")]
+        return "\n".join(lines)
+    if v.kind == "grad_op":
+        return f"{obj.op_name} backward"
+    if v.kind == "sum":
+        full, axes, shape = obj
+        return f"sum over axes {axes}\n{fmt_shape(full)} -> {fmt_shape(shape)}\n(undo broadcasting)"
+    if v.kind == "grad_leaf":
+        name = obj.name or names.get(id(obj)) or leaf_name(obj)
+        lines = [f"{name}.grad {fmt_shape(obj.shape)}"]
+        if obj.grad is not None:
+            lines.append(f"‖grad‖ = {record.norm(obj.grad.data):.3g}")
+        return "\n".join(lines)
+    if v.kind == "seed":
+        return f"{obj.name or 'output'} {fmt_shape(obj.shape)}\nstart: dL/dL = 1"
+    raise AssertionError(f"unknown vertex kind {v.kind}")
+
+
+def _emit(pic: _Picture, scopes: _Scopes, names: dict, show_values: bool, rankdir: str, note: str):
+    Drawing = digraph_class()
+    g = Drawing("tinygrad_tx", graph_attr=dict(rankdir=rankdir, fontname="Helvetica", fontsize="11",
+                                               nodesep="0.25", ranksep="0.35", newrank="true"),
+                node_attr=dict(fontname="Helvetica", fontsize="11", height="0.3", margin="0.08,0.04"),
+                edge_attr=dict(fontname="Helvetica", fontsize="9", arrowsize="0.6", color="#555555"))
+    if note:
+        g.attr(label=note, labelloc="b", fontsize="10")
+    clusters = {}
+    for v in pic.vertices.values():
+        for s in scopes.chain(v.scope):
+            if s not in clusters:
+                level = len(scopes.chain(s)) - 1
+                clusters[s] = Drawing(name=f"cluster_{s}", graph_attr=dict(
+                    label=scopes.label(s), style="rounded,filled", color="#7a8ca8",
+                    fillcolor=_CLUSTER_FILLS[level % len(_CLUSTER_FILLS)], fontsize="11", labeljust="l"))
+    for v in pic.vertices.values():
+        attrs = dict(_STYLE[v.kind])
+        if v.root:
+            attrs.update(penwidth="2.5", color="#c0392b")
+        if v.kind == "grad_op":
+            attrs["tooltip"] = rule(v.obj.op_name)
+        target = clusters[v.scope] if v.scope else g
+        target.node(v.id, _label(v, names, scopes, show_values), **attrs)
+    for s in sorted(clusters, key=lambda s: -len(scopes.chain(s))):      # innermost first
+        parent = scopes.parent(s)
+        (clusters[parent] if parent else g).subgraph(clusters[s])
+    for e in pic.edges:
+        g.edge(e.src, e.dst, label=e.label) if e.label else g.edge(e.src, e.dst)
+    return g
+
+
+def _too_many(pic: _Picture, max_nodes: int, scopes: _Scopes, depth) -> ValueError:
+    kinds: dict[str, int] = {}
+    for v in pic.vertices.values():
+        kinds[v.kind] = kinds.get(v.kind, 0) + 1
+    detail = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    deepest = max((scopes.level(v.scope) for v in pic.vertices.values() if v.scope), default=0)
+    hint = (f"pass depth=K to fold modules deeper than K into boxes (modules here go {deepest} levels deep)"
+            if deepest else "draw a smaller part of the computation")
+    at = f" at depth={depth}" if depth is not None else ""
+    return ValueError(f"draw_graph: the drawing has {len(pic.vertices)} nodes{at} ({detail}), more than "
+                      f"max_nodes={max_nodes}; {hint}, or raise max_nodes")
+
+
+def draw_graph(root, *, backward: bool = False, depth: int | None = None, show_values: bool = True,
+               max_nodes: int | None = None, rankdir: str = "TB", module: Module | None = None):
+    """Draw the computation that produced `root` as a graphviz.Digraph.
+
+    Args:
+        root: a Tensor (or a list of Tensors) whose graph is drawn.
+        backward: draw the gradient flow from root to the leaves instead of the forward computation:
+            one step per op, gradient shapes (and norms, when backward ran inside
+            `record_gradients()`) on the edges, and every sum that undoes broadcasting as its own step.
+        depth: fold every module nested deeper than `depth` into one box showing its input and output
+            shapes (0 = the root module's children become boxes); None draws every op.
+        show_values: write min/mean/max on the tensors whose data is still alive.
+        max_nodes: raise ValueError instead of drawing more nodes than this.
+        rankdir: Graphviz layout direction: "TB" (top to bottom), "LR", "BT" or "RL".
+        module: the Module that computed root: names its parameters by their dotted path and its
+            clusters by class. Without it, parameters show their `.name` (Module.name_parameters()).
+
+    Returns:
+        a graphviz.Digraph: shown inline in Jupyter; `.render(path, format="svg")`, `.pipe("png")`,
+        `.source` for the DOT text. Rendering without Graphviz's `dot` raises GraphvizNotInstalled.
+    """
+    if rankdir not in ("TB", "LR", "BT", "RL"):
+        raise ValueError(f"draw_graph: rankdir must be 'TB', 'LR', 'BT' or 'RL', not {rankdir!r}")
+    if depth is not None and depth < 0:
+        raise ValueError(f"draw_graph: depth must be >= 0 or None, not {depth}")
+    roots = record.roots_of(root)
+    digraph_class()                                   # fail early, with the install hint, without graphviz
+    note = ""
+    if backward:
+        pic, any_recorded = _backward_picture(roots)
+        if not any_recorded:
+            note = ("Gradient shapes only. For gradient norms, run backward inside "
+                    "`with tx.viz.record_gradients():` and draw again.")
+    else:
+        pic = _forward_picture(roots)
+    scopes = _Scopes((v.scope for v in pic.vertices.values()), module)
+    if depth is not None:
+        pic = _collapse(pic, scopes, depth)
+    if max_nodes is not None and len(pic.vertices) > max_nodes:
+        raise _too_many(pic, max_nodes, scopes, depth)
+    names = {id(p): name for name, p in module.named_parameters()} if module is not None else {}
+    return _emit(pic, scopes, names, show_values, rankdir, note)
