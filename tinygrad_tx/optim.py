@@ -56,10 +56,11 @@ class Optimizer:
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
-            if p.grad.shape != p.shape:
+            grad = _grad_array(p)
+            if grad.shape != p.shape:
                 raise ValueError(f"{type(self).__name__}.step: parameter {i} has shape {p.shape} "
-                                 f"but its grad has shape {p.grad.shape}")
-            self._update(i, p, p.grad)
+                                 f"but its grad has shape {grad.shape}")
+            self._update(i, p, grad)
 
     def _update(self, i, p, grad):
         raise NotImplementedError
@@ -130,6 +131,11 @@ class Optimizer:
             setattr(self, name, _number(state[name]))
         self.state = new_state
         return self
+
+
+def _grad_array(p):
+    """The gradient of p as a backend array: backward() stores a Tensor, users may assign an array."""
+    return p.grad.data if isinstance(p.grad, Tensor) else p.grad
 
 
 def _number(value):
@@ -308,7 +314,7 @@ def clip_grad_norm(params, max_norm):
     """
     if isinstance(params, Tensor):
         params = [params]
-    grads = [p.grad for p in params if p.grad is not None]
+    grads = [_grad_array(p) for p in params if p.grad is not None]
     if not grads:
         return 0.0
     xp = backend.array_module(grads[0])
