@@ -5,7 +5,7 @@ rule in one line, and what is sent to each input, including where broadcasting i
 """
 from __future__ import annotations
 
-from .. import autograd
+from .. import autograd, backend
 from ..autograd import Function
 from ..nn import Parameter
 from ..tensor import Tensor
@@ -60,7 +60,9 @@ def leaf_name(leaf: Tensor) -> str:
         return leaf.name
     if leaf.requires_grad:
         return "parameter" if isinstance(leaf, Parameter) else "input"
-    return "constant"
+    if leaf.ndim == 0:
+        return "constant"
+    return "mask" if leaf.dtype == backend.bool_ else "input"
 
 
 def _count_contributions(nodes: list[Function]) -> dict:

@@ -12,6 +12,7 @@ The drawing holds strings only, never a tensor or a node.
 from __future__ import annotations
 
 import contextlib
+import textwrap
 
 from .. import backend
 from ..autograd import Function
@@ -144,12 +145,14 @@ def _common_scope(scopes) -> str:
 
 
 def _place_leaves(picture: _Picture, consumers: dict):
-    """Parameters and scalar constants sit inside the module that uses them; inputs stay outside."""
+    """Put a leaf inside the innermost module that uses it, unless the user named it.
+
+    Parameters, constants and the masks a module builds for itself then sit in (and fold into) their
+    module; named inputs (x, tokens) stay outside, where the user sees them enter.
+    """
     for vid, scopes in consumers.items():
         v = picture.vertices[vid]
-        if v.kind in ("parameter", "constant", "grad_leaf"):
-            if v.kind == "grad_leaf" and not isinstance(v.obj, Parameter):
-                continue
+        if isinstance(v.obj, Parameter) or not v.obj.name:
             v.scope = _common_scope(scopes)
 
 
@@ -314,6 +317,9 @@ def _collapse(pic: _Picture, scopes: _Scopes, depth: int) -> _Picture:
     for box in boxes.values():
         inner = members[box.id]
         box.obj["ops"] = sum(v.kind in ("op", "grad_op") for v in inner)
+        for v in inner:             # a mask or input that the module made for itself is still an input
+            if v.kind == "input":
+                box.obj["inputs"][v.id] = tuple(v.obj.shape)
         params = [v.obj for v in inner if isinstance(v.obj, Parameter)]
         box.obj["params"] = (len(params), sum(p.size for p in params))
     return out
@@ -323,6 +329,8 @@ def _collapse(pic: _Picture, scopes: _Scopes, depth: int) -> _Picture:
 def _stats(array) -> str:
     if array.size == 0 or array.dtype == backend.bool_:
         return ""
+    if array.size == 1:
+        return f"value {float(array.reshape(-1)[0]):.4g}"
     xp = backend.array_module(array)
     a = array.astype(backend.float64) if array.dtype.kind in "iu" else array
     return f"min {float(xp.min(a)):.3g}  mean {float(xp.mean(a)):.3g}  max {float(xp.max(a)):.3g}"
@@ -369,7 +377,7 @@ def _label(v: _Vertex, names: dict, scopes: _Scopes, show_values: bool) -> str:
                  f"{info['ops']} ops" + (f", {n_params} parameters ({n_values:,} values)" if n_params else "")]
         return "\n".join(lines)
     if v.kind == "grad_op":
-        return f"{obj.op_name} backward"
+        return f"{obj.op_name} backward\n" + "\n".join(textwrap.wrap(rule(obj.op_name), 44))
     if v.kind == "sum":
         full, axes, shape = obj
         return f"sum over axes {axes}\n{fmt_shape(full)} -> {fmt_shape(shape)}\n(undo broadcasting)"
