@@ -424,13 +424,12 @@ def _emit(pic: _Picture, scopes: _Scopes, names: dict, show_values: bool, rankdi
     return g
 
 
-def _too_many(pic: _Picture, max_nodes: int, scopes: _Scopes, depth) -> ValueError:
+def _too_many(pic: _Picture, max_nodes: int, deepest: int, depth) -> ValueError:
     kinds: dict[str, int] = {}
     for v in pic.vertices.values():
         kinds[v.kind] = kinds.get(v.kind, 0) + 1
     detail = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
-    deepest = max((scopes.level(v.scope) for v in pic.vertices.values() if v.scope), default=0)
-    hint = (f"pass depth=K to fold modules deeper than K into boxes (modules here go {deepest} levels deep)"
+    hint = (f"pass depth=K to fold modules deeper than K into boxes (modules here nest {deepest} deep)"
             if deepest else "draw a smaller part of the computation")
     at = f" at depth={depth}" if depth is not None else ""
     return ValueError(f"draw_graph: the drawing has {len(pic.vertices)} nodes{at} ({detail}), more than "
@@ -473,9 +472,10 @@ def draw_graph(root, *, backward: bool = False, depth: int | None = None, show_v
     else:
         pic = _forward_picture(roots)
     scopes = _Scopes((v.scope for v in pic.vertices.values()), module)
+    deepest = max((scopes.level(v.scope) for v in pic.vertices.values() if v.scope), default=0)
     if depth is not None:
         pic = _collapse(pic, scopes, depth)
     if max_nodes is not None and len(pic.vertices) > max_nodes:
-        raise _too_many(pic, max_nodes, scopes, depth)
+        raise _too_many(pic, max_nodes, deepest, depth)
     names = {id(p): name for name, p in module.named_parameters()} if module is not None else {}
     return _emit(pic, scopes, names, show_values, rankdir, note)
