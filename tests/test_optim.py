@@ -1,0 +1,276 @@
+"""tinygrad_tx.optim against torch.optim: same parameters, same gradients, same trajectory."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import tinygrad_tx as tx
+from tinygrad_tx import optim
+
+SHAPES = [(3, 4), (4,), (2, 3, 2)]
+N_STEPS = 6
+
+# (our class, torch class, keyword arguments shared by both)
+CASES = [
+    (optim.SGD, torch.optim.SGD, {"lr": 0.1}),
+    (optim.SGD, torch.optim.SGD, {"lr": 0.1, "momentum": 0.9}),
+    (optim.SGD, torch.optim.SGD, {"lr": 0.05, "momentum": 0.8, "weight_decay": 0.1}),
+    (optim.Adam, torch.optim.Adam, {"lr": 1e-2}),
+    (optim.Adam, torch.optim.Adam, {"lr": 3e-2, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.1}),
+    (optim.AdamW, torch.optim.AdamW, {"lr": 1e-2}),
+    (optim.AdamW, torch.optim.AdamW, {"lr": 3e-2, "betas": (0.7, 0.95), "eps": 1e-7, "weight_decay": 0.2}),
+]
+IDS = [f"{ours.__name__}-{'-'.join(f'{k}={v}' for k, v in kw.items())}" for ours, _, kw in CASES]
+
+
+def initial_values(seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(s) for s in SHAPES]
+
+
+def gradient(values, step, i):
+    """A gradient that depends on the current value (so errors compound) and on the step;
+    parameter 1 has no gradient on step 2 (both libraries must skip it)."""
+    if i == 1 and step == 2:
+        return None
+    return np.sin(3.0 * values) + 0.1 * step * np.cos(values + i)
+
+
+def run_ours(cls, kwargs, values, n_steps, dtype, device, lr_changes=None, start_step=0, opt_state=None):
+    params = [tx.nn.Parameter(tx.Tensor(v.copy(), dtype=dtype, device=device)) for v in values]
+    opt = cls(params, **kwargs)
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
+    for step in range(start_step, start_step + n_steps):
+        if lr_changes and step in lr_changes:
+            opt.lr = lr_changes[step]
+        for i, p in enumerate(params):
+            g = gradient(p.numpy(), step, i)
+            p.grad = None if g is None else tx.Tensor(g, dtype=dtype, device=device).data
+        opt.step()
+    return params, opt
+
+
+def run_torch(cls, kwargs, values, n_steps, dtype, lr_changes=None):
+    params = [torch.tensor(v, dtype=dtype, requires_grad=True) for v in values]
+    opt = cls(params, **kwargs)
+    for step in range(n_steps):
+        if lr_changes and step in lr_changes:
+            opt.param_groups[0]["lr"] = lr_changes[step]
+        for i, p in enumerate(params):
+            g = gradient(p.detach().numpy(), step, i)
+            p.grad = None if g is None else torch.tensor(g, dtype=dtype)
+        opt.step()
+    return [p.detach().numpy() for p in params]
+
+
+@pytest.mark.parametrize("ours, theirs, kwargs", CASES, ids=IDS)
+def test_matches_torch_float64(ours, theirs, kwargs, device):
+    values = initial_values()
+    lr_changes = {4: kwargs["lr"] * 0.5}                  # .lr is read at every step
+    params, _ = run_ours(ours, kwargs, values, N_STEPS, "float64", device, lr_changes)
+    expected = run_torch(theirs, kwargs, values, N_STEPS, torch.float64, lr_changes)
+    for p, e, v in zip(params, expected, values):
+        assert not np.allclose(e, v)                         # the parameters did move
+        np.testing.assert_allclose(p.numpy(), e, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("ours, theirs, kwargs", CASES, ids=IDS)
+def test_matches_torch_float32_and_stays_float32(ours, theirs, kwargs, device):
+    values = [v.astype(np.float32) for v in initial_values(1)]
+    params, opt = run_ours(ours, kwargs, values, N_STEPS, "float32", device)
+    expected = run_torch(theirs, kwargs, values, N_STEPS, torch.float32)
+    for p, e in zip(params, expected):
+        assert p.dtype == np.float32
+        np.testing.assert_allclose(p.numpy(), e, rtol=1e-5, atol=1e-6)
+    for i, st in enumerate(opt.state):
+        for name, value in st.items():
+            if name != "step":
+                assert value.dtype == np.float32, (i, name)
+
+
+def test_step_is_in_place_and_leaves_grad_alone(device):
+    p = tx.nn.Parameter(tx.Tensor(np.ones((2, 3)), device=device))
+    q = tx.nn.Parameter(tx.Tensor(np.ones(3), device=device))
+    opt = optim.Adam([p, q], lr=0.1, weight_decay=0.1)
+    buffer = p.data
+    grad = tx.Tensor(np.full((2, 3), 0.5), device=device).data
+    p.grad = grad
+    opt.step()
+    assert p.data is buffer                                  # updated in place, not replaced
+    np.testing.assert_array_equal(tx.backend.to_numpy(p.grad), np.full((2, 3), 0.5, dtype=np.float32))
+    np.testing.assert_array_equal(q.numpy(), np.ones(3))    # no grad: skipped
+    assert "step" not in opt.state[1]
+    opt.zero_grad()
+    assert p.grad is None and q.grad is None
+
+
+def test_lr_zero_freezes_sgd():
+    p = tx.nn.Parameter(tx.Tensor([1.0, 2.0]))
+    opt = optim.SGD([p], lr=0.5)
+    p.grad = np.array([1.0, 1.0], dtype=np.float32)
+    opt.lr = 0.0
+    opt.step()
+    np.testing.assert_array_equal(p.numpy(), [1.0, 2.0])
+    opt.lr = 0.5
+    opt.step()
+    np.testing.assert_array_equal(p.numpy(), [0.5, 1.5])
+
+
+def test_constructor_errors():
+    p = tx.nn.Parameter(tx.Tensor([1.0]))
+    with pytest.raises(ValueError, match="empty"):
+        optim.SGD([], lr=0.1)
+    with pytest.raises(ValueError, match="twice"):
+        optim.SGD([p, p], lr=0.1)
+    with pytest.raises(ValueError, match="does not require grad"):
+        optim.Adam([tx.Tensor([1.0])])
+    with pytest.raises(ValueError, match="betas"):
+        optim.Adam([p], betas=(1.0, 0.9))
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def split_for_checkpoint(state):
+    """Arrays for tx.save, everything else for JSON (what a training checkpoint does)."""
+    arrays = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
+    numbers = {k: v for k, v in state.items() if not isinstance(v, np.ndarray)}
+    return arrays, json.dumps(numbers)
+
+
+@pytest.mark.parametrize("ours, theirs, kwargs", CASES, ids=IDS)
+def test_state_dict_round_trip_resumes_exactly(ours, theirs, kwargs, tmp_path):
+    values = initial_values(2)
+    straight, _ = run_ours(ours, kwargs, values, 8, "float32", "cpu")
+
+    first, opt = run_ours(ours, kwargs, values, 3, "float32", "cpu")
+    arrays, meta = split_for_checkpoint(opt.state_dict())
+    tx.save(arrays, tmp_path / "opt.npz")
+    tx.save({str(i): p for i, p in enumerate(first)}, tmp_path / "params.npz")
+    del first, opt
+
+    saved = tx.load(tmp_path / "params.npz")
+    state = {**tx.load(tmp_path / "opt.npz"), **json.loads(meta)}
+    resumed, _ = run_ours(ours, kwargs, [saved[str(i)] for i in range(len(SHAPES))], 5, "float32", "cpu",
+                          start_step=3, opt_state=state)
+    for a, b in zip(resumed, straight):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_whole_state_dict_saves_in_one_npz(tmp_path):
+    """Numbers become 0-d arrays in the .npz; load_state_dict turns them back into numbers."""
+    values = initial_values(3)
+    _, opt = run_ours(optim.AdamW, {"lr": 0.01}, values, 3, "float32", "cpu")
+    opt.lr = 0.004
+    tx.save(opt.state_dict(), tmp_path / "opt.npz")
+    params = [tx.nn.Parameter(tx.Tensor(v, dtype="float32")) for v in values]
+    fresh = optim.AdamW(params, lr=1.0, weight_decay=0.5)
+    fresh.load_state_dict(tx.load(tmp_path / "opt.npz"))
+    assert fresh.lr == 0.004 and fresh.weight_decay == 0.01 and isinstance(fresh.state[0]["step"], int)
+    assert fresh.state[0]["step"] == 3 and fresh.state[1]["step"] == 2     # param 1 skipped step 2
+    for st, ref in zip(fresh.state, opt.state):
+        np.testing.assert_array_equal(st["exp_avg_sq"], ref["exp_avg_sq"])
+
+
+def test_state_dict_is_a_copy():
+    p = tx.nn.Parameter(tx.Tensor([1.0, 2.0]))
+    opt = optim.SGD([p], lr=0.1, momentum=0.9)
+    p.grad = np.ones(2, dtype=np.float32)
+    opt.step()
+    state = opt.state_dict()
+    state["state.0.momentum_buffer"][:] = 100.0
+    np.testing.assert_array_equal(opt.state[0]["momentum_buffer"], [1.0, 1.0])
+    json.dumps({k: v for k, v in state.items() if not isinstance(v, np.ndarray)})   # the rest is JSON
+
+
+def test_load_state_dict_errors_name_the_key():
+    params = [tx.nn.Parameter(tx.Tensor(np.zeros(s))) for s in SHAPES]
+    opt = optim.Adam(params)
+    for p in params:
+        p.grad = np.ones(p.shape, dtype=np.float32)
+    opt.step()
+    good = opt.state_dict()
+
+    bad = dict(good, **{"state.1.exp_avg": np.zeros(5)})
+    with pytest.raises(ValueError, match=r"'state\.1\.exp_avg'.*\(5,\).*\(4,\)"):
+        opt.load_state_dict(bad)
+    with pytest.raises(KeyError, match=r"'state\.0\.momentum'"):
+        opt.load_state_dict(dict(good, **{"state.0.momentum": np.zeros((3, 4))}))
+    with pytest.raises(KeyError, match=r"'state\.7\.exp_avg'"):
+        opt.load_state_dict(dict(good, **{"state.7.exp_avg": np.zeros(4)}))
+    with pytest.raises(KeyError, match="'beta2'"):
+        opt.load_state_dict({k: v for k, v in good.items() if k != "beta2"})
+    with pytest.raises(KeyError, match=r"'state\.2\.exp_avg_sq'"):
+        opt.load_state_dict({k: v for k, v in good.items() if k != "state.2.exp_avg_sq"})
+    # a failed load changed nothing
+    for st in opt.state:
+        assert st["step"] == 1
+
+
+# ---------------------------------------------------------------------------- Noam schedule
+def test_noam_matches_formula_and_torch_lambda_lr():
+    d_model, warmup, factor = 64, 10, 2.0
+    p = tx.nn.Parameter(tx.Tensor([0.0]))
+    opt = optim.Adam([p], lr=123.0)
+    sched = optim.NoamScheduler(opt, d_model, warmup, factor)
+
+    def noam(s):
+        s = max(s, 1)
+        return factor * d_model ** -0.5 * min(s ** -0.5, s * warmup ** -1.5)
+
+    t_opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1.0)
+    t_sched = torch.optim.lr_scheduler.LambdaLR(t_opt, noam)
+    lrs = []
+    for _ in range(3 * warmup):
+        lrs.append(sched.step())
+        t_opt.step()
+        t_sched.step()
+        assert opt.lr == lrs[-1]
+        assert opt.lr == pytest.approx(t_opt.param_groups[0]["lr"], rel=1e-15)
+    assert lrs[1] == pytest.approx(2 * lrs[0], rel=1e-15)               # linear warm-up
+    peak = int(np.argmax(lrs)) + 1
+    assert peak == warmup
+    assert lrs[warmup - 1] == pytest.approx(factor * (d_model * warmup) ** -0.5, rel=1e-15)
+    decayed = factor * d_model ** -0.5 * (2 * warmup) ** -0.5                # 1/sqrt(step) decay
+    assert lrs[2 * warmup - 1] == pytest.approx(decayed, rel=1e-15)
+
+
+def test_noam_state_dict_round_trip():
+    opt = optim.SGD([tx.nn.Parameter(tx.Tensor([0.0]))], lr=0.0)
+    sched = optim.NoamScheduler(opt, 32, 4)
+    for _ in range(7):
+        sched.step()
+    state = json.loads(json.dumps(sched.state_dict()))
+    opt2 = optim.SGD([tx.nn.Parameter(tx.Tensor([0.0]))], lr=0.0)
+    sched2 = optim.NoamScheduler(opt2, 512, 4000).load_state_dict(state)
+    assert opt2.lr == opt.lr
+    assert sched2.step() == sched.step()
+    with pytest.raises(KeyError, match="'warmup_steps'"):
+        sched2.load_state_dict({"step": 1, "d_model": 8, "factor": 1.0})
+
+
+# ---------------------------------------------------------------------------- clipping
+@pytest.mark.parametrize("max_norm", [0.5, 1e3, "the norm itself"])
+def test_clip_grad_norm_matches_torch(max_norm, device):
+    rng = np.random.default_rng(5)
+    grads = [rng.standard_normal(s) for s in SHAPES]
+    if max_norm == "the norm itself":       # torch still scales, by max_norm / (norm + 1e-6)
+        max_norm = float(np.sqrt(sum((g ** 2).sum() for g in grads)))
+    ours = [tx.nn.Parameter(tx.Tensor(np.zeros(s), dtype="float64", device=device)) for s in SHAPES]
+    theirs = [torch.zeros(s, dtype=torch.float64, requires_grad=True) for s in SHAPES]
+    for p, t, g in zip(ours, theirs, grads):
+        p.grad = tx.Tensor(g.copy(), device=device).data
+        t.grad = torch.tensor(g)
+    extra = tx.nn.Parameter(tx.Tensor([1.0], device=device))         # no grad: ignored
+    norm = optim.clip_grad_norm(ours + [extra], max_norm)
+    t_norm = torch.nn.utils.clip_grad_norm_(theirs, max_norm)
+    assert isinstance(norm, float)
+    assert norm == pytest.approx(float(np.sqrt(sum((g ** 2).sum() for g in grads))), rel=1e-12)
+    assert norm == pytest.approx(t_norm.item(), rel=1e-12)
+    for p, t, g in zip(ours, theirs, grads):
+        np.testing.assert_allclose(tx.backend.to_numpy(p.grad), t.grad.numpy(), rtol=1e-12)
+        if max_norm > norm + 1e-6:
+            np.testing.assert_array_equal(tx.backend.to_numpy(p.grad), g)   # untouched
+    clipped = np.sqrt(sum((tx.backend.to_numpy(p.grad) ** 2).sum() for p in ours))
+    assert clipped == pytest.approx(min(norm, max_norm), rel=1e-5)
+    assert optim.clip_grad_norm([extra], 1.0) == 0.0
