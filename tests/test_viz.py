@@ -52,6 +52,11 @@ def parse(g):
     return nodes, edges, dict(clusters)
 
 
+def read(path, mode="r"):
+    with open(path, mode) as f:
+        return f.read()
+
+
 def labels(g):
     return [label for label, _ in parse(g)[0].values()]
 
@@ -104,7 +109,7 @@ def test_importing_tinygrad_tx_needs_neither_graphviz_nor_matplotlib():
 
 
 def test_forward_nodes_edges_and_labels_of_a_known_expression():
-    a, b, y = broadcast_example()
+    _, _, y = broadcast_example()
     g = tx.viz.draw_graph(y)
     nodes, edges, clusters = parse(g)
     # a, b, Mul, its output, Sum, its output
@@ -193,7 +198,7 @@ def test_bad_arguments_are_named():
 
 # ---------------------------------------------------------------------------- backward drawings
 def test_backward_drawing_shows_the_unbroadcast_sum_as_its_own_step():
-    a, b, y = broadcast_example()
+    _, _, y = broadcast_example()
     y.backward()
     g = tx.viz.draw_graph(y, backward=True)
     nodes, edges, _ = parse(g)
@@ -302,7 +307,7 @@ def test_render_svg_and_png_with_the_real_dot(tmp_path):
     svg = g.pipe(format="svg").decode()
     assert "<svg" in svg and "blocks.0.proj: Linear" in svg
     path = tx.viz.save_drawing(g, tmp_path / "net.png")
-    data = open(path, "rb").read()
+    data = read(path, "rb")
     width, height = png_size(data)
     assert len(data) > 5_000 and width > 200 and height > 400
 
@@ -311,9 +316,9 @@ def test_render_svg_and_png_with_the_real_dot(tmp_path):
 @pytest.mark.parametrize("what", ["mlp", "attention"])
 def test_draw_command_renders_the_examples(tmp_path, what):
     path = tx.viz.draw_command(what, tmp_path / f"{what}.png")
-    data = open(path, "rb").read()
+    data = read(path, "rb")
     assert len(data) > 5_000 and min(png_size(data)) > 200
-    assert open(tx.viz.draw_command(what, tmp_path / "b.svg", backward=True)).read().count("backward") >= 3
+    assert read(tx.viz.draw_command(what, tmp_path / "b.svg", backward=True)).count("backward") >= 3
 
 
 def test_draw_command_names_its_choices(tmp_path):
@@ -321,7 +326,7 @@ def test_draw_command_names_its_choices(tmp_path):
         tx.viz.draw_command("lstm", tmp_path / "x.svg")
     with pytest.raises(ValueError, match=r"\.svg, \.png, \.pdf, \.dot"):
         tx.viz.draw_command("mlp", tmp_path / "x.jpeg")
-    dot_text = open(tx.viz.draw_command("attention", tmp_path / "head.dot")).read()
+    dot_text = read(tx.viz.draw_command("attention", tmp_path / "head.dot"))
     assert dot_text.startswith("digraph") and "Softmax" in dot_text and "MaskedFill" in dot_text
 
 
@@ -337,7 +342,7 @@ def test_without_dot_the_source_is_there_and_rendering_says_how_to_install(tmp_p
     with pytest.raises(tx.viz.GraphvizNotInstalled):
         g.render(tmp_path / "y", format="png")
     written = tx.viz.draw_command("mlp", tmp_path / "mlp.png")
-    assert written == str(tmp_path / "mlp.dot") and open(written).read().startswith("digraph")
+    assert written == str(tmp_path / "mlp.dot") and read(written).startswith("digraph")
     assert "wrote the dot source" in capsys.readouterr().err.lower()
 
 
@@ -366,7 +371,7 @@ def test_transformer_clusters_and_depth_two_fits_on_a_screen():
 @needs_dot
 def test_encoder_layer_example_renders(tmp_path):
     pytest.importorskip("models.transformer")
-    svg = open(tx.viz.draw_command("encoder-layer", tmp_path / "layer.svg", depth=1)).read()
+    svg = read(tx.viz.draw_command("encoder-layer", tmp_path / "layer.svg", depth=1))
     assert "self_attn: MultiHeadAttention" in svg and "linear1: Linear" in svg
 
 
@@ -377,10 +382,10 @@ def test_plot_attention_writes_one_heatmap_per_head(tmp_path):
     weights = np.exp(scores) / np.exp(scores).sum(-1, keepdims=True)
     src, tgt = ["the", "cat", "sat", "down", "<eos>"], ["le", "chat", "<eos>"]
     path = tx.viz.plot_attention(tx.Tensor(weights.astype(np.float32)), src, tgt, tmp_path / "attn.png")
-    data = open(path, "rb").read()
+    data = read(path, "rb")
     width, height = png_size(data)
     assert len(data) > 5_000 and width > height > 100
-    one = open(tx.viz.plot_attention(weights[0], src, tgt, tmp_path / "one.png"), "rb").read()
+    one = read(tx.viz.plot_attention(weights[0], src, tgt, tmp_path / "one.png"), "rb")
     assert png_size(one)[0] < width                                # one head is narrower than four
     with pytest.raises(ValueError, match=r"need 3 tgt_tokens \(rows\) and 5 src_tokens"):
         tx.viz.plot_attention(weights, src[:4], tgt, tmp_path / "bad.png")
@@ -396,5 +401,5 @@ def test_positional_encoding_table_and_plot(tmp_path):
         np.testing.assert_allclose(table, sinusoidal_encoding(50, 16).numpy(), atol=1e-6)
     except ImportError:
         pass
-    data = open(tx.viz.plot_positional_encoding(50, 16, tmp_path / "pe.png"), "rb").read()
+    data = read(tx.viz.plot_positional_encoding(50, 16, tmp_path / "pe.png"), "rb")
     assert len(data) > 5_000 and min(png_size(data)) > 200

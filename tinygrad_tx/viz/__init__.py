@@ -11,11 +11,11 @@ Importing this package needs nothing beyond the engine: graphviz and matplotlib 
     plot_positional_encoding(max_len, d_model, path)
     draw_command(what, out, depth=None, backward=False) the `tinygrad-tx draw` command
 """
+from .examples import EXAMPLES, build_example, draw_command, save_drawing
 from .explain import RULES, explain
 from .graph import GraphvizNotInstalled, draw_graph
 from .plots import plot_attention, plot_positional_encoding, sinusoid_table
 from .record import record_gradients
-from .examples import EXAMPLES, build_example, draw_command, save_drawing
 
 __all__ = ["draw_graph", "record_gradients", "explain", "RULES", "plot_attention", "plot_positional_encoding",
            "sinusoid_table", "GraphvizNotInstalled", "draw_command", "build_example", "save_drawing", "EXAMPLES"]

@@ -15,6 +15,7 @@ from .record import record_gradients
 
 EXAMPLES = ("mlp", "attention", "encoder-layer", "decoder-layer", "transformer")
 FORMATS = ("svg", "png", "pdf", "dot")
+TRANSFORMER_DEPTH = 2
 
 
 @dataclass
@@ -125,7 +126,15 @@ def save_drawing(graph, out) -> str:
 
 
 def draw_command(what: str, out, depth: int | None = None, backward: bool = False) -> str:
-    """`tinygrad-tx draw --what WHAT [--depth K] [--backward] --out FILE`: returns the path written."""
+    """`tinygrad-tx draw --what WHAT [--depth K] [--backward] --out FILE`: returns the path written.
+
+    The transformer (6+6 layers, about 2,000 ops) is drawn at depth 2 unless a depth is given:
+    every op takes Graphviz a minute or more to lay out.
+    """
+    if depth is None and what == "transformer":
+        depth = TRANSFORMER_DEPTH
+        print(f"draw: drawing the transformer at --depth {depth} (one box per layer); "
+              "pass --depth 10 to draw every op", file=sys.stderr)
     example = build_example(what)
     if backward:
         with record_gradients():

@@ -388,7 +388,8 @@ def _label(v: _Vertex, names: dict, scopes: _Scopes, show_values: bool) -> str:
             lines.append(f"‖grad‖ = {record.norm(obj.grad.data):.3g}")
         return "\n".join(lines)
     if v.kind == "seed":
-        return f"{obj.name or 'output'} {fmt_shape(obj.shape)}\nstart: dL/dL = 1"
+        short = obj.name if obj.name and len(obj.name) <= 6 and " " not in obj.name else "L"
+        return f"{obj.name or 'output'} {fmt_shape(obj.shape)}\nstart: d{short}/d{short} = 1"
     raise AssertionError(f"unknown vertex kind {v.kind}")
 
 

@@ -19,7 +19,7 @@ def _figure(width, height):
     except ImportError as e:
         raise ImportError("tinygrad_tx.viz plots need matplotlib: pip install 'tinygrad-tx[viz]' "
                           "(or pip install matplotlib)") from e
-    fig = Figure(figsize=(width, height), dpi=100)
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
@@ -30,7 +30,7 @@ def _save(fig, path) -> str:
     fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        fig.savefig(tmp, format=fmt, bbox_inches="tight")
+        fig.savefig(tmp, format=fmt)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -71,8 +71,8 @@ def plot_attention(weights, src_tokens, tgt_tokens, path, title: str | None = No
     rows = math.ceil(n_heads / cols)
     cell = 0.42                                         # inches per token
     longest = max([len(t) for t in src_tokens + tgt_tokens] + [1])
-    width = cols * (tk * cell + 0.08 * longest + 0.9)
-    height = rows * (tq * cell + 0.08 * longest + 0.9)
+    width = cols * (tk * cell + 0.1 * longest + 0.9) + 1.0
+    height = rows * (tq * cell + 0.1 * longest + 0.9) + 0.3
     fig = _figure(max(width, 3.5), max(height, 3.0))
     vmax = float(w.max()) if w.size else 1.0
     annotate = tq * tk <= 144
@@ -83,7 +83,8 @@ def plot_attention(weights, src_tokens, tgt_tokens, path, title: str | None = No
         ax.set_xticklabels(src_tokens, rotation=60, ha="right", rotation_mode="anchor", fontsize=9)
         ax.set_yticks(range(tq))
         ax.set_yticklabels(tgt_tokens, fontsize=9)
-        ax.set_xlabel("keys (source)", fontsize=9)
+        if h + cols >= n_heads:                         # the lowest panel of its column
+            ax.set_xlabel("keys (source)", fontsize=9)
         if h % cols == 0:
             ax.set_ylabel("queries (target)", fontsize=9)
         ax.set_title(f"head {h}" if n_heads > 1 else "attention", fontsize=10)
@@ -93,7 +94,7 @@ def plot_attention(weights, src_tokens, tgt_tokens, path, title: str | None = No
                     value = float(w[h, i, j])
                     ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
                             color="black" if value > 0.6 * vmax else "white")
-    fig.colorbar(image, ax=fig.axes, shrink=0.8, label="weight")
+    fig.colorbar(image, ax=fig.axes, shrink=0.8, label="attention weight")
     if title:
         fig.suptitle(title)
     return _save(fig, path)
