@@ -55,14 +55,17 @@ def fmt_shape(shape) -> str:
     return str(tuple(int(n) for n in shape))
 
 
-def leaf_name(leaf: Tensor) -> str:
-    if leaf.name:
-        return leaf.name
+def leaf_role(leaf: Tensor) -> str:
+    """What a leaf is to the graph: 'parameter', 'input', 'constant' (a number) or 'mask'."""
     if leaf.requires_grad:
         return "parameter" if isinstance(leaf, Parameter) else "input"
     if leaf.ndim == 0:
         return "constant"
     return "mask" if leaf.dtype == backend.bool_ else "input"
+
+
+def leaf_name(leaf: Tensor) -> str:
+    return leaf.name or leaf_role(leaf)
 
 
 def _count_contributions(nodes: list[Function]) -> dict:

@@ -19,7 +19,7 @@ from ..autograd import Function
 from ..nn import Module, Parameter
 from ..tensor import Tensor
 from . import record
-from .explain import fmt_shape, leaf_name, rule
+from .explain import fmt_shape, leaf_name, leaf_role, rule
 
 INSTALL_HINT = ("Rendering needs Graphviz's `dot` program, which is not on PATH. Install Graphviz with one of\n"
                 "    apt-get install graphviz     (Debian, Ubuntu)\n"
@@ -124,9 +124,9 @@ class _Picture:
 
 
 def _leaf_kind(leaf: Tensor) -> str:
-    if isinstance(leaf, Parameter):
-        return "parameter"
-    return "constant" if leaf.ndim == 0 and not leaf.requires_grad else "input"
+    """The drawing style of a leaf: a mask is drawn as an input."""
+    role = leaf_role(leaf)
+    return "input" if role == "mask" else role
 
 
 def _common_scope(scopes) -> str:
@@ -388,6 +388,8 @@ def _label(v: _Vertex, names: dict, scopes: _Scopes, show_values: bool) -> str:
             lines.append(f"‖grad‖ = {record.norm(obj.grad.data):.3g}")
         return "\n".join(lines)
     if v.kind == "seed":
+        if obj.size != 1:
+            return f"{obj.name or 'output'} {fmt_shape(obj.shape)}\nstart: the grad given to backward()"
         short = obj.name if obj.name and len(obj.name) <= 6 and " " not in obj.name else "L"
         return f"{obj.name or 'output'} {fmt_shape(obj.shape)}\nstart: d{short}/d{short} = 1"
     raise AssertionError(f"unknown vertex kind {v.kind}")
