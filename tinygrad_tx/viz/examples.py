@@ -72,7 +72,7 @@ def _attention_head(rng) -> Example:
     return Example(out, loss, None, [q, k, v, scores, masked, attn])
 
 
-def _models():
+def _transformer_module():
     try:
         from models import transformer
     except ImportError as e:
@@ -147,16 +147,16 @@ def draw_command(what: str, out, depth: int | None = None, backward: bool = Fals
 
 def _model_example(what: str, rng) -> Example:
     """An EncoderLayer, a DecoderLayer (both in eval mode, no dropout) or a 6+6 training step."""
-    T = _models()
+    transformer = _transformer_module()
     B, S, L, d_model = 2, 5, 4, 16
 
     def floats(*shape):
         return Tensor(rng.standard_normal(shape).astype(backend.float32))
 
     if what == "transformer":
-        config = T.TransformerConfig(src_vocab=20, tgt_vocab=20, d_model=32, n_heads=4, d_ff=64, n_layers=6,
-                                     dropout=0.1, max_len=32)
-        model = T.Transformer(config)
+        config = transformer.TransformerConfig(src_vocab=20, tgt_vocab=20, d_model=32, n_heads=4, d_ff=64,
+                                               n_layers=6, dropout=0.1, max_len=32)
+        model = transformer.Transformer(config)
         src = _named(Tensor(rng.integers(1, 20, size=(B, S + 2))), "src tokens")
         tgt = rng.integers(1, 20, size=(B, L + 1))
         tgt_in = _named(Tensor(tgt[:, :-1]), "tgt tokens (shifted right)")
@@ -165,16 +165,16 @@ def _model_example(what: str, rng) -> Example:
         loss = _named(F.cross_entropy(logits, tgt_out, ignore_index=config.pad_id, label_smoothing=0.1), "loss")
         return Example(loss, loss, model, [logits])
     if what == "encoder-layer":
-        layer = T.EncoderLayer(d_model, n_heads=2, d_ff=32, dropout=0.0).eval()
+        layer = transformer.EncoderLayer(d_model, n_heads=2, d_ff=32, dropout=0.0).eval()
         x = _named(floats(B, S, d_model), "x")
         lengths = Tensor([[S], [S - 2]])                                  # the second sentence has 2 pads
         mask = _named((Tensor(list(range(S))) < lengths).reshape(B, 1, 1, S), "padding mask")  # (B, 1, 1, S)
         out = _named(layer(x, mask), "output")
     else:
-        layer = T.DecoderLayer(d_model, n_heads=2, d_ff=32, dropout=0.0).eval()
+        layer = transformer.DecoderLayer(d_model, n_heads=2, d_ff=32, dropout=0.0).eval()
         x = _named(floats(B, L, d_model), "x")
         memory = _named(floats(B, S, d_model), "memory (encoder output)")
-        tgt_mask = _named(T.causal_mask(L), "causal mask")
+        tgt_mask = _named(transformer.causal_mask(L), "causal mask")
         out = _named(layer(x, memory, tgt_mask), "output")
     target = _named(floats(*out.shape), "target")
     loss = _named(((out - target) ** 2).mean(), "loss")                  # mean squared error to a random target
