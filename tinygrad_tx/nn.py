@@ -17,6 +17,21 @@ class Parameter(Tensor):
             data = data.data
         super().__init__(data, requires_grad=True, dtype=dtype, device=device)
 
+    @property
+    def grad(self):
+        return Tensor.grad.__get__(self)          # the slot that Tensor declares
+
+    @grad.setter
+    def grad(self, value):
+        """Assign a gradient: a Tensor, an array (wrapped on this parameter's device and dtype) or None."""
+        if value is not None:
+            if not isinstance(value, Tensor):
+                value = Tensor(value, dtype=self.dtype, device=self.device)
+            if tuple(value.shape) != tuple(self.shape):
+                raise ValueError(f"Parameter.grad: cannot assign a gradient of shape {tuple(value.shape)} "
+                                 f"to a parameter of shape {tuple(self.shape)}")
+        Tensor.grad.__set__(self, value)
+
     def __repr__(self):
         return "Parameter" + super().__repr__()[len("Tensor"):]
 
@@ -131,7 +146,7 @@ class Module:
         for p in self.parameters():
             p.data = convert(p.data)
             if p.grad is not None:
-                p.grad = convert(p.grad)
+                p.grad = convert(p.grad.data)
         return self
 
     # ------------------------------------------------------------------ state
