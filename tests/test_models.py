@@ -7,15 +7,23 @@ parameter and input to 1e-8. torch masks use True = "may NOT attend"; ours use T
 import numpy as np
 import pytest
 import torch
+from conftest import to_host
 
 import tinygrad_tx as tx
 from models.attention import MultiHeadAttention, scaled_dot_product_attention
-from models.transformer import (Decoder, DecoderLayer, Encoder, EncoderLayer, Transformer, TransformerConfig,
-                                causal_mask, padding_mask, sinusoidal_encoding)
+from models.transformer import (
+    Decoder,
+    DecoderLayer,
+    Encoder,
+    EncoderLayer,
+    Transformer,
+    TransformerConfig,
+    causal_mask,
+    padding_mask,
+    sinusoidal_encoding,
+)
 
-from conftest import to_host
-
-TOL = dict(rtol=1e-8, atol=1e-8)
+TOL = {"rtol": 1e-8, "atol": 1e-8}
 B, S, T, D, H, FF = 2, 5, 4, 8, 2, 16          # batch, source len, target len, d_model, n_heads, d_ff
 
 
@@ -170,8 +178,8 @@ def torch_decoder_layer(norm_first):
 def masks(device):
     """Source padding (row 1 has 2 pads) and target padding + causal, as torch and as ours."""
     src_real, tgt_real = lengths_mask([S, S - 2], S), lengths_mask([T, T - 1], T)
-    torch_masks = dict(src_pad=torch.tensor(~src_real), tgt_pad=torch.tensor(~tgt_real),
-                       causal=torch.tensor(~np.tril(np.ones((T, T), dtype=bool))))
+    torch_masks = {"src_pad": torch.tensor(~src_real), "tgt_pad": torch.tensor(~tgt_real),
+                   "causal": torch.tensor(~np.tril(np.ones((T, T), dtype=bool)))}
     src_mask = ours_padding(src_real, device)
     tgt_mask = ours_padding(tgt_real, device) & causal_mask(T, device)      # (B, 1, T, T)
     return torch_masks, src_mask, tgt_mask
@@ -222,9 +230,9 @@ def test_decoder_matches_torch(device, rng, norm_first, stack):
 
 # ---------------------------------------------------------------------------- the whole model
 def tiny_transformer(**overrides):
-    config = dict(src_vocab=11, tgt_vocab=13, d_model=D, n_heads=H, d_ff=FF, n_layers=2, dropout=0.0, max_len=16)
-    config.update(overrides)
-    return Transformer(TransformerConfig(**config))
+    config = {"src_vocab": 11, "tgt_vocab": 13, "d_model": D, "n_heads": H, "d_ff": FF, "n_layers": 2,
+              "dropout": 0.0, "max_len": 16}
+    return Transformer(TransformerConfig(**{**config, **overrides}))
 
 
 def test_config_defaults_and_validation():
