@@ -69,9 +69,10 @@ def broadcast_axes(node: Function, i: int) -> tuple[tuple, tuple]:
 
 
 def norm(array) -> float:
-    """The Euclidean norm of a gradient array, as a Python float."""
+    """The Euclidean norm of a gradient array, as a Python float (one BLAS dot, no temporaries)."""
     xp = backend.array_module(array)
-    return float(xp.sqrt((array.astype(backend.float64) ** 2).sum()))
+    flat = array.reshape(-1)
+    return float(xp.sqrt(xp.dot(flat, flat)))
 
 
 class GradientRecord:
