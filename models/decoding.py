@@ -107,7 +107,10 @@ def _length_penalty(length, alpha):
 
 
 def _top_k(x, k):
-    """Indices (B, k) of the k largest entries of each row of x (B, N), best first: k rounds of argmax."""
+    """Indices (B, k) of the k largest entries of each row of x (B, N), best first: k rounds of argmax.
+
+    A row with fewer than k finite entries repeats an index of a -inf entry; beam search keeps such
+    picks as dead beams (log P = -inf) that can never win."""
     positions = tx.Tensor(list(range(x.shape[1])), device=x.device)   # (N,)
     picks = []
     for _ in range(k):
@@ -164,7 +167,7 @@ def beam_search(model, src, beam_size=4, max_len=64, bos_id=1, eos_id=2, length_
                                 dtype=log_probs.dtype, device=log_probs.device).reshape(-1, 1)   # (B*K, 1)
             ranked = (candidates / penalty).reshape(B, K * V)                          # (B, K*V)
             # 4. Keep the K best candidates of each source row.
-            picks = _top_k(ranked, K)                                                  # (B, K) in K*V
+            picks = _top_k(ranked, K)                      # (B, K) flat indices p = beam * V + token
             rows = [b * K + p // V for b in range(B) for p in picks[b]]
             tokens = [p % V for b in range(B) for p in picks[b]]
             chosen = candidates.reshape(B * K * V)[tx.Tensor([r * V + t for r, t in zip(rows, tokens)],
