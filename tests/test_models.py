@@ -110,10 +110,11 @@ def test_scaled_dot_product_attention_matches_torch(device, rng):
         np.testing.assert_allclose(to_host(o_x.grad), t_x.grad.numpy(), **TOL)
 
 
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 @pytest.mark.parametrize("cross", [False, True], ids=["self", "cross"])
-def test_multi_head_attention_matches_torch(device, rng, cross):
-    theirs = randomize(torch.nn.MultiheadAttention(D, H, batch_first=True, dtype=torch.float64), seed=1)
-    ours = copy_into_ours(MultiHeadAttention(D, H), theirs, device)
+def test_multi_head_attention_matches_torch(device, rng, cross, bias):
+    theirs = randomize(torch.nn.MultiheadAttention(D, H, bias=bias, batch_first=True, dtype=torch.float64), seed=1)
+    ours = copy_into_ours(MultiHeadAttention(D, H, bias=bias), theirs, device)
     Tk = S if cross else T
     tq, oq = leaf_pair(rng.standard_normal((B, T, D)), device)
     tkv, okv = leaf_pair(rng.standard_normal((B, Tk, D)), device) if cross else (tq, oq)
@@ -288,6 +289,12 @@ def test_embeddings_scaled_and_positions_added(device):
     x = to_host(model._embed(model.src_embed, src))
     expected = model.src_embed.weight.numpy()[[3, 4, 5]] * np.sqrt(D) + sinusoidal_encoding(16, D).numpy()[:3]
     np.testing.assert_allclose(x[0], expected, rtol=1e-6)
+
+
+def test_positions_past_max_len_raise(device):
+    model = tiny_transformer(positional="learned", max_len=4).to(device=device)
+    with pytest.raises(ValueError, match="max_len=4"):
+        model(tx.Tensor([[3, 4, 5, 6, 7]], device=device), tx.Tensor([[1, 3]], device=device))
 
 
 def test_decoder_output_at_t_ignores_later_target_tokens(device):
