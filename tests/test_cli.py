@@ -1,0 +1,96 @@
+"""The tinygrad-tx command line: train -> evaluate -> translate end to end, and its errors."""
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tinygrad_tx import data
+from tinygrad_tx.cli import main
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    paths = {}
+    for split, size in [("train", 120), ("valid", 8), ("test", 8)]:
+        paths[split] = str(folder / f"{split}.tsv")
+        data.write_tsv(data.load_task("copy", split, seed=0, size=size), paths[split])
+    paths["run"] = str(folder / "run")
+    return paths
+
+
+@pytest.fixture(scope="module")
+def run(files):
+    code = main(["train", "--data", files["train"], "--valid", files["valid"], "--out", files["run"],
+                 "--steps", "4", "--batch-size", "16", "--eval-every", "4"])
+    assert code == 0
+    return files["run"]
+
+
+def test_train_writes_a_run_and_prints_metrics(run, capsys):
+    assert sorted(os.listdir(run)) == ["config.json", "metrics.jsonl", "model.npz", "optimizer.npz",
+                                       "trainer.json", "vocab.json"]
+    config = json.loads(Path(run, "config.json").read_text())
+    assert config["train"]["config"] == "small" and config["model"]["d_model"] == 128
+
+
+def test_evaluate_prints_metrics_and_json(run, files, capsys):
+    assert main(["evaluate", "--checkpoint", run, "--data", files["test"], "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert set(metrics) == {"exact_match", "bleu", "chrf"}
+    assert main(["evaluate", "--checkpoint", run, "--data", files["test"], "--beam", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "8 sentences, beam 2" in out and "exact_match:" in out and "bleu:" in out and "chrf:" in out
+
+
+def test_translate_arguments_and_stdin(run, capsys, monkeypatch):
+    assert main(["translate", "--checkpoint", run, "1 2 3", "4 5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    monkeypatch.setattr(sys, "stdin", io.StringIO("1 2 3\n\n4 5\n"))
+    assert main(["translate", "--checkpoint", run, "--beam", "2"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_translate_warns_about_unknown_tokens(run, capsys):
+    assert main(["translate", "--checkpoint", run, "1 banana 2"]) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err and "'banana'" in err
+
+
+def test_resume_takes_the_checkpoint_settings_and_refuses_others(run, files, capsys):
+    assert main(["train", "--out", run, "--resume", "--steps", "5"]) == 0
+    assert json.loads(Path(run, "trainer.json").read_text())["step"] == 5
+    capsys.readouterr()
+    assert main(["train", "--out", run, "--resume", "--steps", "9", "--config", "base"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "config: checkpoint has 'small', asked for 'base'" in err
+
+
+def test_bad_tsv_is_reported_with_line_numbers(tmp_path, capsys):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("a\tb\nno tab\nc\td\n")
+    assert main(["train", "--data", str(bad), "--out", str(tmp_path / "run"), "--steps", "1"]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}:2:" in err and "error" in err
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("")
+    assert main(["train", "--data", str(empty), "--out", str(tmp_path / "run"), "--steps", "1"]) == 1
+    assert "empty" in capsys.readouterr().err
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    assert main(["translate", "--checkpoint", str(tmp_path / "nope"), "hello"]) == 1
+    assert "no run directory" in capsys.readouterr().err
+
+
+def test_python_dash_m_runs_the_same_command():
+    result = subprocess.run([sys.executable, "-m", "tinygrad_tx", "--help"], check=False, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0
+    for command in ("train", "translate", "evaluate", "draw", "demo", "bench"):
+        assert command in result.stdout

@@ -1,0 +1,269 @@
+"""The `tinygrad-tx` command (also `python -m tinygrad_tx`).
+
+    tinygrad-tx train (--task NAME | --data train.tsv [--valid valid.tsv]) --out RUN_DIR
+                      [--minutes M | --steps N] [--config small|base|paper] [--device cpu|cuda]
+                      [--seed S] [--resume] [--char]
+    tinygrad-tx translate --checkpoint RUN_DIR [--beam N] "text" ...      # or lines on stdin
+    tinygrad-tx evaluate  --checkpoint RUN_DIR (--task NAME | --data test.tsv) [--beam N] [--json]
+    tinygrad-tx draw WHAT --out FILE [--depth K] [--backward]
+    tinygrad-tx draw --checkpoint RUN_DIR --sentence "text" --attention --out DIR
+    tinygrad-tx demo [--out RUN_DIR] [--minutes M]
+    tinygrad-tx bench [...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from . import data
+
+DEFAULT_MINUTES = 5
+DEMO_SENTENCES = ["ninety-seven", "one thousand, nine hundred and seventy-one", "two hundred and eighty thousand"]
+
+
+class CommandError(Exception):
+    """A user error with a message for the terminal (no traceback)."""
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------- train
+def _explicit(args, names) -> dict:
+    """The options the user actually gave (argparse defaults are None)."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def cmd_train(args) -> int:
+    from .train import TrainConfig, _read_json, has_checkpoint, train
+    given = _explicit(args, ["task", "data", "valid", "config", "seed", "batch_size", "eval_every"])
+    if args.char:
+        given["level"] = "char"
+    if "valid" in given and "data" not in given:
+        raise CommandError("--valid needs --data (a generated --task has its own validation split)")
+    if "data" in given:
+        given.setdefault("task", None)
+    if args.resume and has_checkpoint(args.out):
+        # Settings not given again are the checkpoint's; settings given must match it (checked by Trainer).
+        saved = _read_json(os.path.join(args.out, "config.json"))["train"]
+        if "task" in given:
+            given.setdefault("data", None)
+            given.setdefault("valid", None)
+        cfg = TrainConfig(**{**saved, **given})
+    else:
+        cfg = TrainConfig(**given)
+    minutes = args.minutes if args.minutes is not None or args.steps is not None else DEFAULT_MINUTES
+    if args.minutes is None and args.steps is None:
+        print(f"training for {DEFAULT_MINUTES} minutes (set --minutes or --steps)", file=sys.stderr)
+    metrics = train(cfg, args.out, steps=args.steps, minutes=minutes, device=args.device, resume=args.resume)
+    _print_metrics({k: metrics[k] for k in ("exact_match", "bleu", "chrf")}, as_json=False,
+                   header=f"validation after step {metrics['step']}:")
+    print(f"checkpoint: {args.out}  (try: tinygrad-tx translate --checkpoint {args.out} \"...\")")
+    return 0
+
+
+# ---------------------------------------------------------------------------- translate / evaluate
+def cmd_translate(args) -> int:
+    from .train import Translator
+    texts = args.text or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        raise CommandError("nothing to translate: give sentences as arguments or lines on stdin")
+    translator = Translator.load(args.checkpoint, args.device)
+    for translation in translator.translate(texts, beam=args.beam, warn=_warn):
+        print(translation)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .train import Translator, load_model
+    cfg, vocab, model = load_model(args.checkpoint, args.device)
+    if args.data is not None:
+        pairs = data.read_tsv(args.data)
+    else:
+        pairs = data.load_task(args.task, "test", seed=cfg.seed)   # the run's seed: held out from its training
+    metrics = Translator(model, vocab).evaluate(pairs, beam=args.beam, warn=_warn)
+    _print_metrics(metrics, args.json, header=f"{len(pairs)} sentences, beam {args.beam}:")
+    return 0
+
+
+def _print_metrics(metrics: dict, as_json: bool, header: str = "") -> None:
+    if as_json:
+        print(json.dumps(metrics))
+        return
+    if header:
+        print(header)
+    for key in ("exact_match", "bleu", "chrf"):
+        print(f"  {key}: {metrics[key]:.2f}")
+
+
+# ---------------------------------------------------------------------------- draw
+def cmd_draw(args) -> int:
+    from . import viz
+    if args.attention or args.checkpoint or args.sentence:
+        if not (args.attention and args.checkpoint and args.sentence):
+            raise CommandError("attention pictures need --checkpoint RUN_DIR --sentence TEXT --attention --out DIR")
+        for path in draw_attention(args.checkpoint, args.sentence, args.out, device=args.device):
+            print(path)
+        return 0
+    if args.what is None:
+        raise CommandError(f"draw: name what to draw ({', '.join(viz.EXAMPLES)}), or use --attention")
+    print(viz.draw_command(what=args.what, out=args.out, depth=args.depth, backward=args.backward))
+    return 0
+
+
+def draw_attention(run_dir: str, sentence: str, out_dir: str, device: str | None = None) -> list[str]:
+    """Translate `sentence`, then write the attention weights of every layer as heatmaps in out_dir:
+    encoder self-attention, decoder self-attention and decoder cross-attention (one file each per layer).
+    Returns the paths written."""
+    import tinygrad_tx as tx
+
+    from . import viz
+    from .train import Translator, load_model
+    _cfg, vocab, model = load_model(run_dir, device)
+    translator = Translator(model, vocab)
+    src_ids = vocab.encode_source(sentence, [])
+    out_ids = translator.decode_ids([src_ids])[0]
+    out_ids = out_ids[:out_ids.index(data.EOS) + 1] if data.EOS in out_ids else out_ids
+    # Teacher-force the model's own translation so that every layer keeps its last attention weights.
+    with tx.no_grad():
+        src = tx.Tensor([src_ids], dtype=tx.int64, device=translator.model_device)
+        tgt_in = tx.Tensor([out_ids[:-1]], dtype=tx.int64, device=translator.model_device)
+        model(src, tgt_in)
+    src_tokens = [vocab.src.tokens[i] for i in src_ids]
+    tgt_in_tokens = [vocab.tgt.tokens[i] for i in out_ids[:-1]]
+    tgt_out_tokens = [vocab.tgt.tokens[i] for i in out_ids[1:]]
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    pictures = []
+    for i, layer in enumerate(model.encoder.layers):
+        pictures.append((f"encoder{i}_self", layer.self_attn.attn, src_tokens, src_tokens))
+    for i, layer in enumerate(model.decoder.layers):
+        pictures.append((f"decoder{i}_self", layer.self_attn.attn, tgt_in_tokens, tgt_out_tokens))
+        pictures.append((f"decoder{i}_cross", layer.cross_attn.attn, src_tokens, tgt_out_tokens))
+    for name, weights, keys, queries in pictures:
+        path = os.path.join(out_dir, f"attention_{name}.png")
+        paths.append(viz.plot_attention(weights[0], keys, queries, path,
+                                        title=f"{name.replace('_', ' ')} attention: {sentence!r}"))
+    return paths
+
+
+# ---------------------------------------------------------------------------- demo / bench
+def cmd_demo(args) -> int:
+    """Train numbers-en-fr briefly, evaluate it, translate a few sentences, and draw pictures."""
+    from . import viz
+    from .train import TrainConfig, Translator, has_checkpoint, train
+    out = args.out
+    resume = has_checkpoint(out)
+    print(f"1. training numbers-en-fr (config small) for {args.minutes} minutes into {out}"
+          + (" (resuming)" if resume else ""), file=sys.stderr)
+    train(TrainConfig(task="numbers-en-fr"), out, minutes=args.minutes, device=args.device, resume=resume)
+    translator = Translator.load(out, args.device)
+    print("2. evaluating on 1000 held-out numbers", file=sys.stderr)
+    test = data.load_task("numbers-en-fr", "test")
+    _print_metrics(translator.evaluate(test, warn=_warn), as_json=False, header="test set, greedy:")
+    print("3. translating", file=sys.stderr)
+    for src, tgt in zip(DEMO_SENTENCES, translator.translate(DEMO_SENTENCES, warn=_warn)):
+        print(f"  {src}  ->  {tgt}")
+    print("4. drawing pictures", file=sys.stderr)
+    pictures = os.path.join(out, "pictures")
+    os.makedirs(pictures, exist_ok=True)
+    try:
+        print("  " + viz.draw_command(what="encoder-layer", out=os.path.join(pictures, "encoder_layer.svg")))
+        print("  " + viz.draw_command(what="encoder-layer", out=os.path.join(pictures, "encoder_layer_backward.svg"),
+                                      backward=True))
+    except (RuntimeError, ImportError, viz.GraphvizNotInstalled) as e:
+        _warn(f"skipped the graph pictures: {e}")
+    try:
+        for path in draw_attention(out, DEMO_SENTENCES[1], pictures, device=args.device):
+            print("  " + path)
+    except ImportError as e:
+        _warn(f"skipped the attention heatmaps: {e}")
+    return 0
+
+
+def cmd_bench(argv) -> int:
+    from . import bench
+    return bench.main(argv) or 0
+
+
+# ---------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tinygrad-tx", description="Train and use toy Transformer translators "
+                                "built on the tinygrad_tx autodiff engine.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a translator (a generated task or a TSV file)")
+    source = t.add_mutually_exclusive_group()
+    source.add_argument("--task", help=f"generated task: copy, reverse, sort, numbers-SRC-TGT "
+                                       f"(default {data.DEFAULT_TASK})")
+    source.add_argument("--data", help="training pairs, one 'source<TAB>target' per line")
+    t.add_argument("--valid", help="validation pairs (TSV); default: hold out up to 1000 training pairs")
+    t.add_argument("--out", required=True, help="the run directory (checkpoint, vocab, metrics)")
+    budget = t.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, help=f"train this many minutes (default {DEFAULT_MINUTES})")
+    budget.add_argument("--steps", type=int, help="train until this many steps in total")
+    t.add_argument("--config", choices=["small", "base", "paper"], help="model size (default small)")
+    t.add_argument("--device", choices=["cpu", "cuda"], help="default cpu (or $TX_DEVICE)")
+    t.add_argument("--seed", type=int, help="seed for data, initialisation and batch order (default 0)")
+    t.add_argument("--resume", action="store_true", help="continue the checkpoint in --out exactly")
+    t.add_argument("--char", action="store_true", help="character-level tokens instead of words")
+    t.add_argument("--batch-size", type=int, help="sentences per batch (default 64)")
+    t.add_argument("--eval-every", type=int, help="validate and checkpoint every N steps (default 500)")
+
+    tr = sub.add_parser("translate", help="translate sentences with a trained run")
+    tr.add_argument("--checkpoint", required=True, metavar="RUN_DIR")
+    tr.add_argument("--beam", type=int, default=1, help="beam size (1: greedy decoding)")
+    tr.add_argument("--device", choices=["cpu", "cuda"])
+    tr.add_argument("text", nargs="*", help="sentences to translate; none: read lines from stdin")
+
+    e = sub.add_parser("evaluate", help="exact match, BLEU and chrF on a test set")
+    e.add_argument("--checkpoint", required=True, metavar="RUN_DIR")
+    test = e.add_mutually_exclusive_group(required=True)
+    test.add_argument("--task", help="a generated task: its test split with the run's seed")
+    test.add_argument("--data", help="test pairs (TSV)")
+    e.add_argument("--beam", type=int, default=1)
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--device", choices=["cpu", "cuda"])
+
+    d = sub.add_parser("draw", help="draw computation graphs, or attention heatmaps of a trained run")
+    d.add_argument("what", nargs="?", help="mlp, attention, encoder-layer, decoder-layer or transformer")
+    d.add_argument("--out", required=True, help="output file (graph) or directory (--attention)")
+    d.add_argument("--depth", type=int, help="collapse modules deeper than this")
+    d.add_argument("--backward", action="store_true", help="draw the backward pass")
+    d.add_argument("--checkpoint", metavar="RUN_DIR", help="with --attention: the trained run")
+    d.add_argument("--sentence", help="with --attention: the source sentence")
+    d.add_argument("--attention", action="store_true", help="per-layer attention heatmaps of a translation")
+    d.add_argument("--device", choices=["cpu", "cuda"])
+
+    m = sub.add_parser("demo", help="train numbers-en-fr for a few minutes, evaluate, translate, draw")
+    m.add_argument("--out", default="runs/demo", help="the run directory (default runs/demo)")
+    m.add_argument("--minutes", type=float, default=3.0)
+    m.add_argument("--device", choices=["cpu", "cuda"])
+
+    sub.add_parser("bench", help="benchmark against PyTorch (options: tinygrad-tx bench --help)", add_help=False)
+    return p
+
+
+COMMANDS = {"train": cmd_train, "translate": cmd_translate, "evaluate": cmd_evaluate, "draw": cmd_draw,
+            "demo": cmd_demo}
+
+
+def main(argv=None) -> int:
+    from .train import CheckpointError
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":             # the benchmark parses its own options
+        return cmd_bench(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (CommandError, data.DataError, CheckpointError, RuntimeError, ValueError, OSError) as e:
+        if os.environ.get("TX_DEBUG"):         # show the traceback
+            raise
+        print(f"tinygrad-tx {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"tinygrad-tx {args.command}: interrupted", file=sys.stderr)
+        return 130
