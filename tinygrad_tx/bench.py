@@ -7,7 +7,8 @@ What is measured, per configuration (encoder-decoder, post-LN, no dropout, Adam,
 cross-entropy, random token batches with padding):
 - median ms per training step of each framework, steps alternating after warm-up, and the ratio;
 - tokens per second (target tokens per step / median step time);
-- peak memory of a training step for each framework, each in a subprocess of its own;
+- peak memory of a training step above the steady state (parameters, optimizer state, buffers),
+  for each framework in a subprocess of its own;
 - model FLOP utilisation: 3 x forward matmul FLOPs per step / step time, against the float32 GEMM
   rate NumPy reaches in the same run;
 - greedy decoding of 64 sentences with and without the key/value cache.
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -168,21 +168,29 @@ def time_training(c: BenchConfig, steps: int, warmup: int):
     return tx_times, torch_times
 
 
-def _rss_bytes():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_kb(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
 def peak_memory_child(framework: str, config: str, steps: int) -> None:
-    """In a fresh process: build the model, then report how far training steps raise peak RSS."""
+    """In a fresh process: how far training steps raise resident memory above the steady state.
+
+    One warm-up step first (it allocates the optimizer state, the gradients and the BLAS thread
+    buffers, which stay), then the kernel's peak-RSS mark is reset (`5 > /proc/self/clear_refs`)
+    and the peak over the next steps is read back, minus the resident memory before them.
+    """
     c = CONFIGS[config]
     setup = tx_setup if framework == "tinygrad_tx" else torch_setup
     _, step = setup(c)
-    before = _rss_bytes()
+    step()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _status_kb("VmRSS")
     for _ in range(steps):
         step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"peak_step_bytes": max(peak - before, 0), "model_bytes": before}))
+    peak = _status_kb("VmHWM")
+    print(json.dumps({"peak_step_bytes": max(peak - before, 0) * 1024, "steady_bytes": before * 1024}))
 
 
 def peak_memory(framework: str, config: str, steps: int = 2) -> int:
