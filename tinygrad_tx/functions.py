@@ -19,7 +19,7 @@ backward returns dL/d(input) for every forward argument (None for non-tensor arg
 """
 from __future__ import annotations
 
-from . import backend
+from . import backend, kernels
 from .autograd import Function
 
 
@@ -426,9 +426,13 @@ class Softmax(Function):
     # dx = y * (g - sum_j g_j y_j)
     @staticmethod
     def forward(ctx, x, axis):
-        xp = backend.array_module(x)
-        e = xp.exp(x - x.max(axis=axis, keepdims=True))
-        y = e / e.sum(axis=axis, keepdims=True)
+        fused = kernels.lookup("softmax_forward", x, axis)      # on CuPy: one kernel for all of it
+        if fused is not None:
+            y = fused(x)
+        else:
+            xp = backend.array_module(x)
+            e = xp.exp(x - x.max(axis=axis, keepdims=True))
+            y = e / e.sum(axis=axis, keepdims=True)
         ctx.save_for_backward(y)
         ctx.axis = axis
         return y
@@ -436,6 +440,9 @@ class Softmax(Function):
     @staticmethod
     def backward(ctx, g):
         (y,) = ctx.saved_tensors
+        fused = kernels.lookup("softmax_backward", y, ctx.axis)
+        if fused is not None:
+            return fused(y, g), None
         gy = g * y
         return gy - y * gy.sum(axis=ctx.axis, keepdims=True), None
 
@@ -445,9 +452,13 @@ class LogSoftmax(Function):
     # dx = g - softmax(x) * sum_j g_j,  with softmax(x) = e^y
     @staticmethod
     def forward(ctx, x, axis):
-        xp = backend.array_module(x)
-        shifted = x - x.max(axis=axis, keepdims=True)
-        y = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+        fused = kernels.lookup("log_softmax_forward", x, axis)  # on CuPy: one kernel for all of it
+        if fused is not None:
+            y = fused(x)
+        else:
+            xp = backend.array_module(x)
+            shifted = x - x.max(axis=axis, keepdims=True)
+            y = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
         ctx.save_for_backward(y)
         ctx.axis = axis
         return y
@@ -455,6 +466,9 @@ class LogSoftmax(Function):
     @staticmethod
     def backward(ctx, g):
         (y,) = ctx.saved_tensors
+        fused = kernels.lookup("log_softmax_backward", y, ctx.axis)
+        if fused is not None:
+            return fused(y, g), None
         xp = backend.array_module(g)
         return g - xp.exp(y) * g.sum(axis=ctx.axis, keepdims=True), None
 
@@ -506,6 +520,11 @@ class LayerNorm(Function):
         for name, p in (("weight", weight), ("bias", bias)):
             if p is not None and p.shape != (n,):
                 raise ValueError(f"{name} has shape {tuple(p.shape)} but the last axis of x has {n} features")
+        fused = kernels.lookup("layer_norm_forward", x)         # on CuPy: one kernel for all of it
+        if fused is not None:
+            y, xhat, rstd = fused(x, weight, bias, eps)
+            ctx.save_for_backward(xhat, rstd, weight)
+            return y
         mu = x.mean(axis=-1, keepdims=True)
         centred = x - mu
         var = (centred * centred).mean(axis=-1, keepdims=True)
@@ -518,6 +537,10 @@ class LayerNorm(Function):
     @staticmethod
     def backward(ctx, g):
         xhat, rstd, weight = ctx.saved_tensors
+        fused = kernels.lookup("layer_norm_backward", xhat)
+        if fused is not None:
+            dx, dw, db = fused(g, xhat, rstd, weight)
+            return dx, dw if ctx.needs_input_grad[1] else None, db if ctx.needs_input_grad[2] else None, None
         gh = g if weight is None else g * weight
         dx = rstd * (gh - gh.mean(axis=-1, keepdims=True) - xhat * (gh * xhat).mean(axis=-1, keepdims=True))
         rows = tuple(range(g.ndim - 1))
@@ -576,13 +599,17 @@ class CrossEntropy(Function):
         if bad.any():
             raise IndexError(f"target id {int(t[bad][0])} is out of range for {C} classes")
         t_safe = xp.where(valid, t, 0)
-        shifted = x - x.max(axis=1, keepdims=True)
-        logp = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
-        rows = xp.arange(x.shape[0])
-        loss = -logp[rows, t_safe]
-        if label_smoothing > 0:
-            loss = (1 - label_smoothing) * loss - (label_smoothing / C) * logp.sum(axis=1)
-        loss = xp.where(valid, loss, xp.zeros((), dtype=loss.dtype))
+        fused = kernels.lookup("cross_entropy_forward", x)      # on CuPy: one kernel for the rows' losses
+        if fused is not None:
+            loss, logp = fused(x, t_safe, valid, label_smoothing)
+        else:
+            shifted = x - x.max(axis=1, keepdims=True)
+            logp = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+            rows = xp.arange(x.shape[0])
+            loss = -logp[rows, t_safe]
+            if label_smoothing > 0:
+                loss = (1 - label_smoothing) * loss - (label_smoothing / C) * logp.sum(axis=1)
+            loss = xp.where(valid, loss, xp.zeros((), dtype=loss.dtype))
         n_valid = int(valid.sum())
         ctx.save_for_backward(logp, t_safe, valid)
         ctx.shape, ctx.smoothing, ctx.reduction, ctx.n_valid = logits.shape, label_smoothing, reduction, n_valid
@@ -596,14 +623,17 @@ class CrossEntropy(Function):
         logp, t, valid = ctx.saved_tensors
         xp = backend.array_module(g)
         s, C = ctx.smoothing, logp.shape[1]
-        dx = xp.exp(logp)                              # softmax
-        dx[xp.arange(dx.shape[0]), t] -= 1 - s
-        if s > 0:
-            dx -= s / C
         if ctx.reduction == "none":
             weight = g.reshape(-1) * valid
         else:
             scale = g / ctx.n_valid if ctx.reduction == "mean" else g
             weight = valid * scale
+        fused = kernels.lookup("cross_entropy_backward", logp)
+        if fused is not None:
+            return fused(logp, t, weight, s).reshape(ctx.shape), None, None, None, None
+        dx = xp.exp(logp)                              # softmax
+        dx[xp.arange(dx.shape[0]), t] -= 1 - s
+        if s > 0:
+            dx -= s / C
         dx *= weight.astype(dx.dtype, copy=False)[:, None]
         return dx.reshape(ctx.shape), None, None, None, None
