@@ -49,7 +49,8 @@ TABLE = [
     # reductions
     ("sum_all", lambda a: a.sum(), lambda a: a.sum(), [(2, 3)]),
     ("sum_axis", lambda a: a.sum(axis=1), lambda a: a.sum(dim=1), [(2, 3, 4)]),
-    ("sum_axes_keep", lambda a: a.sum(axis=(0, 2), keepdims=True), lambda a: a.sum(dim=(0, 2), keepdim=True), [(2, 3, 4)]),
+    ("sum_axes_keep", lambda a: a.sum(axis=(0, 2), keepdims=True), lambda a: a.sum(dim=(0, 2), keepdim=True),
+     [(2, 3, 4)]),
     ("mean_axis", lambda a: a.mean(axis=-1), lambda a: a.mean(dim=-1), [(2, 3, 4)]),
     ("max_axis", lambda a: a.max(axis=1), lambda a: a.amax(dim=1), [(3, 5)]),
     ("max_all", lambda a: a.max(), lambda a: a.amax(), [(3, 5)]),

@@ -1,7 +1,8 @@
 """tinygrad_tx: a small, readable reverse-mode autodiff engine on NumPy (CPU) and CuPy (GPU).
 
 Read the files in dependency order: backend -> tensor / autograd -> functions (the primitives)
--> functional -> nn -> optim.
+-> functional -> nn -> optim; viz draws graphs; data, train, cli, bench and guide are the application
+layer on top of `models/`.
 """
 from . import backend
 from .tensor import Tensor, where, cat, stack
@@ -32,6 +33,6 @@ def cuda_available() -> bool:
 
 __all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "where", "cat", "stack", "manual_seed",
            "gradcheck", "GradcheckError", "functional", "nn", "optim", "save", "load", "functions", "backend",
-           "cuda_available",
+           "viz", "cuda_available",
            "float32", "float64", "int64", "bool_"]
 __version__ = "0.1.0"

@@ -250,7 +250,8 @@ class Tensor:
     def __matmul__(self, other):
         other = other if isinstance(other, Tensor) else Tensor(other, device=self.device)
         if self.ndim == 0 or other.ndim == 0:
-            raise ValueError(f"matmul: both operands need at least 1 dimension, got shapes {self.shape} and {other.shape}")
+            raise ValueError(f"matmul: both operands need at least 1 dimension, "
+                             f"got shapes {self.shape} and {other.shape}")
         if self.ndim == 1 and other.ndim == 1:                  # dot product -> scalar
             return (self.reshape(1, -1) @ other.reshape(-1, 1)).reshape(())
         if self.ndim == 1:                                       # (k,) @ (..., k, m) -> (..., m)
@@ -384,7 +385,8 @@ class Tensor:
         if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
             axes = tuple(axes[0])
         if sorted(a % max(self.ndim, 1) for a in axes) != list(range(self.ndim)):
-            raise ValueError(f"permute: axes {axes} are not a permutation of the {self.ndim} axes of shape {self.shape}")
+            raise ValueError(f"permute: axes {axes} are not a permutation of the {self.ndim} axes "
+                             f"of shape {self.shape}")
         return fn.Permute.apply(self, tuple(a % self.ndim for a in axes))
 
     def transpose(self, a=-2, b=-1):
