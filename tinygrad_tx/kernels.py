@@ -41,11 +41,14 @@ def use_fused(on: bool):
 
 def lookup(name: str, x, axis: int = -1):
     """The fused kernel `name` for arrays like `x` reduced over `axis`, or None (then run the plain code)."""
-    if not enabled or backend.device_of(x) != "cuda":
-        return None
-    if x.dtype not in (backend.float32, backend.float64) or x.size == 0 or axis not in (-1, x.ndim - 1):
+    if not enabled or backend.device_of(x) != "cuda" or not handles(x, axis):
         return None
     return FUSED[name]
+
+
+def handles(x, axis: int = -1) -> bool:
+    """Whether the kernels take this input: float32 or float64, not empty, reduced over the last axis."""
+    return x.dtype in (backend.float32, backend.float64) and x.size > 0 and axis in (-1, x.ndim - 1)
 
 
 # ---------------------------------------------------------------------------- CUDA building blocks
