@@ -1,0 +1,382 @@
+"""The fused CUDA kernels (tinygrad_tx/kernels.py) against the NumPy primitives they replace.
+
+One table: each row builds a kernel's inputs and the arrays the NumPy backend's primitive gives for
+them (forward, or input gradients for a random upstream gradient), in float32 and float64. Each
+row runs on three runners:
+    plain     the plain xp version on NumPy (always)
+    emulated  the kernel's exact CUDA source compiled by g++ and run on CPU threads
+              (tests/cuda_emulation.py; where g++ is installed)
+    cuda      the fused kernel on CuPy (where a GPU is present)
+Then: the primitives dispatch to the kernels (same outputs and gradients as the NumPy path), every
+source compiles with NVRTC and nvcc where they are installed, and importing tinygrad_tx never
+imports CuPy.
+"""
+import os
+import shutil
+import subprocess
+import sys
+from functools import partial
+
+import cuda_emulation
+import numpy as np
+import pytest
+from conftest import to_host
+
+import tinygrad_tx as tx
+from tinygrad_tx import backend, kernels
+from tinygrad_tx import functional as F
+
+DTYPES = [np.float32, np.float64]
+IGNORE = -100
+
+
+def tensor(a, grad=False):
+    """A NumPy-backend tensor (explicitly on the CPU, also when TX_DEVICE=cuda)."""
+    return tx.Tensor(a, requires_grad=grad, device="cpu")
+
+
+def assert_close(actual, expected, dtype, what):
+    if expected is None:
+        assert actual is None, f"{what}: expected None"
+        return
+    actual = to_host(actual)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    assert actual.dtype == dtype, f"{what}: dtype {actual.dtype} != {np.dtype(dtype)}"
+    tol = {"rtol": 2e-5, "atol": 2e-6} if dtype == np.float32 else {"rtol": 1e-10, "atol": 1e-12}
+    np.testing.assert_allclose(actual, expected, err_msg=what, **tol)
+
+
+# ============================================================================== the table
+# Each case: (rng, dtype) -> (kernel arguments, expected outputs from the NumPy primitive).
+def softmax_forward(rng, dtype, shape):
+    x = (10 * rng.standard_normal(shape)).astype(dtype)        # large logits: the max shift matters
+    return (x,), (F.softmax(tensor(x)).numpy(),)
+
+
+def softmax_backward(rng, dtype, shape):
+    x = tensor((3 * rng.standard_normal(shape)).astype(dtype), grad=True)
+    g = rng.standard_normal(shape).astype(dtype)
+    y = F.softmax(x)
+    y.backward(tensor(g))
+    return (y.numpy(), g), (x.grad.numpy(),)
+
+
+def log_softmax_forward(rng, dtype, shape):
+    x = (10 * rng.standard_normal(shape)).astype(dtype)
+    return (x,), (F.log_softmax(tensor(x)).numpy(),)
+
+
+def log_softmax_backward(rng, dtype, shape):
+    x = tensor((3 * rng.standard_normal(shape)).astype(dtype), grad=True)
+    g = rng.standard_normal(shape).astype(dtype)
+    y = F.log_softmax(x)
+    y.backward(tensor(g))
+    return (y.numpy(), g), (x.grad.numpy(),)
+
+
+def attention_fill_mask(rng, B, Tq, Tk, causal):
+    """True where a score is filled: key padding (batch 1 pads every key: fully masked rows), and
+    optionally the future, broadcast as attention builds it, (B, 1, Tq or 1, Tk)."""
+    lengths = rng.integers(1, Tk + 1, B)
+    lengths[1] = 0
+    keep = (np.arange(Tk) < lengths[:, None])[:, None, None, :]                # (B, 1, 1, Tk)
+    if causal:
+        keep = keep & (np.arange(Tk)[None, :] <= np.arange(Tq)[:, None] + Tk - Tq)  # (B, 1, Tq, Tk)
+    return ~keep
+
+
+def masked_scores(rng, dtype, causal):
+    B, n_heads, Tq, Tk = 3, 2, 4, 9
+    x = (3 * rng.standard_normal((B, n_heads, Tq, Tk))).astype(dtype)
+    return x, attention_fill_mask(rng, B, Tq, Tk, causal), float(np.finfo(dtype).min)
+
+
+def masked_softmax_forward(rng, dtype, causal):
+    x, mask, value = masked_scores(rng, dtype, causal)
+    y = tensor(x).masked_fill(tensor(mask), value).softmax(axis=-1)
+    return (x, mask, value), (y.numpy(),)
+
+
+def masked_softmax_backward(rng, dtype, causal):
+    x, mask, value = masked_scores(rng, dtype, causal)
+    xt = tensor(x, grad=True)
+    y = xt.masked_fill(tensor(mask), value).softmax(axis=-1)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    y.backward(tensor(g))
+    return (y.numpy(), g, mask), (xt.grad.numpy(),)
+
+
+def layer_norm_inputs(rng, dtype, shape, affine):
+    x = tensor((2 + 3 * rng.standard_normal(shape)).astype(dtype), grad=True)
+    w = tensor(rng.standard_normal(shape[-1]).astype(dtype), grad=True) if affine else None
+    # without affine parameters the bias is zeros, kept only to read db from the primitive
+    b = tensor(rng.standard_normal(shape[-1]).astype(dtype) if affine else np.zeros(shape[-1], dtype), grad=True)
+    return x, w, b, 1e-5
+
+
+def layer_norm_forward(rng, dtype, shape, affine):
+    x, w, b, eps = layer_norm_inputs(rng, dtype, shape, affine)
+    y = F.layer_norm(x, w, b if affine else None, eps)
+    xhat, rstd, _ = y._ctx.saved_tensors                  # what the primitive keeps for backward
+    return (x.numpy(), None if w is None else w.numpy(), None if not affine else b.numpy(), eps), (y.numpy(), xhat, rstd)
+
+
+def layer_norm_backward(rng, dtype, shape, affine):
+    x, w, b, eps = layer_norm_inputs(rng, dtype, shape, affine)
+    y = F.layer_norm(x, w, b, eps)
+    xhat, rstd, _ = y._ctx.saved_tensors
+    xhat, rstd = xhat.copy(), rstd.copy()                 # backward frees the saved arrays
+    g = rng.standard_normal(shape).astype(dtype)
+    y.backward(tensor(g))
+    dw = None if w is None else w.grad.numpy()
+    return (g, xhat, rstd, None if w is None else w.numpy()), (x.grad.numpy(), dw, b.grad.numpy())
+
+
+def cross_entropy_inputs(rng, dtype, rows, C):
+    x = (4 * rng.standard_normal((rows, C))).astype(dtype)
+    target = rng.integers(0, C, rows)
+    target[1::3] = IGNORE
+    valid = target != IGNORE
+    return x, target, valid, np.where(valid, target, 0)
+
+
+def cross_entropy_forward(rng, dtype, smoothing, rows=7, C=37):
+    x, target, valid, t_safe = cross_entropy_inputs(rng, dtype, rows, C)
+    loss = F.cross_entropy(tensor(x), tensor(target), ignore_index=IGNORE, label_smoothing=smoothing, reduction="none")
+    return (x, t_safe, valid, smoothing), (loss.numpy(), F.log_softmax(tensor(x)).numpy())
+
+
+def cross_entropy_backward(rng, dtype, smoothing, rows=7, C=37):
+    x, target, valid, t_safe = cross_entropy_inputs(rng, dtype, rows, C)
+    xt = tensor(x, grad=True)
+    loss = F.cross_entropy(xt, tensor(target), ignore_index=IGNORE, label_smoothing=smoothing, reduction="none")
+    g = rng.standard_normal(rows).astype(dtype)
+    loss.backward(tensor(g))
+    logp = F.log_softmax(tensor(x)).numpy()
+    return (logp, t_safe, (g * valid).astype(dtype), smoothing), (xt.grad.numpy(),)
+
+
+# kernel name, case, id. Rows of 7 and 37 elements use one warp, rows of 100 several (the block reductions).
+TABLE = [
+    ("softmax_forward", partial(softmax_forward, shape=(4, 7)), "4x7"),
+    ("softmax_forward", partial(softmax_forward, shape=(2, 3, 100)), "2x3x100"),
+    ("softmax_backward", partial(softmax_backward, shape=(4, 7)), "4x7"),
+    ("softmax_backward", partial(softmax_backward, shape=(2, 3, 100)), "2x3x100"),
+    ("log_softmax_forward", partial(log_softmax_forward, shape=(2, 3, 100)), "2x3x100"),
+    ("log_softmax_backward", partial(log_softmax_backward, shape=(2, 3, 100)), "2x3x100"),
+    ("masked_softmax_forward", partial(masked_softmax_forward, causal=False), "padding"),
+    ("masked_softmax_forward", partial(masked_softmax_forward, causal=True), "padding+causal"),
+    ("masked_softmax_backward", partial(masked_softmax_backward, causal=False), "padding"),
+    ("masked_softmax_backward", partial(masked_softmax_backward, causal=True), "padding+causal"),
+    ("layer_norm_forward", partial(layer_norm_forward, shape=(2, 3, 100), affine=True), "affine"),
+    ("layer_norm_forward", partial(layer_norm_forward, shape=(5, 24), affine=False), "plain"),
+    ("layer_norm_backward", partial(layer_norm_backward, shape=(2, 3, 100), affine=True), "affine"),
+    ("layer_norm_backward", partial(layer_norm_backward, shape=(5, 24), affine=False), "plain"),
+    ("cross_entropy_forward", partial(cross_entropy_forward, smoothing=0.0), "ignore_index"),
+    ("cross_entropy_forward", partial(cross_entropy_forward, smoothing=0.1, C=100), "smoothing+ignore_index"),
+    ("cross_entropy_backward", partial(cross_entropy_backward, smoothing=0.0), "ignore_index"),
+    ("cross_entropy_backward", partial(cross_entropy_backward, smoothing=0.1, C=100), "smoothing+ignore_index"),
+]
+
+
+# ============================================================================== the runners
+@pytest.fixture(scope="session")
+def fake_cupy(tmp_path_factory):
+    """Every kernel source, both dtypes, built for the CPU emulation (two g++ runs in parallel)."""
+    if not cuda_emulation.available():
+        pytest.skip("the CPU emulation of the CUDA kernels needs g++")
+    groups = {d: [(name, kernels.source(name, d)) for name in kernels.SOURCES] for d in ("float32", "float64")}
+    return cuda_emulation.FakeCupy(groups, str(tmp_path_factory.mktemp("cuda_emulation")))
+
+
+@pytest.fixture
+def emulated(fake_cupy, monkeypatch):
+    """Inside the test, kernels.py finds the emulation where it asks the backend for cupy."""
+    get_xp = backend.get_xp
+    monkeypatch.setattr(backend, "get_xp", lambda device: fake_cupy if device == "cuda" else get_xp(device))
+    monkeypatch.setattr(kernels, "_compiled", {})
+
+
+def skip_without_gpu():
+    if not tx.cuda_available():
+        pytest.skip("CuPy or a GPU is missing (pip install tinygrad-tx[gpu] on a CUDA machine)")
+
+
+def skip_cpu_runner_on_gpu_only_run():
+    if os.environ.get("TX_DEVICE") == "cuda":
+        pytest.skip("TX_DEVICE=cuda: the suite runs on the GPU only")
+
+
+@pytest.fixture(params=["plain", "emulated", "cuda"])
+def runner(request):
+    """run(name, args) -> the kernel's outputs, from one of the three runners."""
+    if request.param == "cuda":
+        skip_without_gpu()
+        return lambda name, args: kernels.FUSED[name](*[backend.to_device(a, "cuda") if isinstance(a, np.ndarray)
+                                                        else a for a in args])
+    skip_cpu_runner_on_gpu_only_run()
+    if request.param == "emulated":
+        request.getfixturevalue("emulated")
+        return lambda name, args: kernels.FUSED[name](*args)
+    return lambda name, args: kernels.KERNELS[name][1](*args)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("name, case", [pytest.param(n, c, id=f"{n}-{i}") for n, c, i in TABLE])
+def test_kernel_matches_numpy_primitive(runner, name, case, dtype):
+    args, expected = case(np.random.default_rng(0), dtype)
+    outputs = runner(name, args)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    assert len(outputs) == len(expected)
+    for i, (out, exp) in enumerate(zip(outputs, expected)):
+        assert_close(out, exp, dtype, f"{name} output {i}")
+
+
+def test_every_kernel_is_in_the_table():
+    assert {name for name, _, _ in TABLE} == set(kernels.KERNELS)
+    assert set(kernels.SOURCES) == set(kernels.KERNELS) | {"layer_norm_backward_params"}
+
+
+def test_fully_masked_rows_are_uniform_with_no_gradient(runner):
+    rng = np.random.default_rng(1)
+    (x, mask, value), _ = masked_softmax_forward(rng, np.float32, causal=False)
+    y = to_host(runner("masked_softmax_forward", (x, mask, value)))
+    np.testing.assert_allclose(y[1], np.full_like(y[1], 1 / x.shape[-1]), rtol=1e-6)     # batch 1 pads every key
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    dx = to_host(runner("masked_softmax_backward", (y, g, mask)))
+    assert np.all(dx[np.broadcast_to(mask, dx.shape)] == 0)
+
+
+def test_emulation_checks_argument_types(emulated):
+    """The emulator refuses a float64 array where the float32 kernel reads floats (a GPU would not)."""
+    x = np.ones((2, 5), np.float32)
+    kernel = kernels._kernel("softmax_forward", np.float32)
+    with pytest.raises(TypeError, match="argument 0"):
+        kernel((2,), (32,), (x.astype(np.float64), np.empty_like(x), np.int64(5)))
+    with pytest.raises(TypeError, match="argument 2"):
+        kernel((2,), (32,), (x, np.empty_like(x), np.int32(5)))
+
+
+# ============================================================================== dispatch from the primitives
+DISPATCHED = {"softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward",
+              "layer_norm_forward", "layer_norm_backward", "cross_entropy_forward", "cross_entropy_backward"}
+
+
+def composition(dtype, device):
+    """Layer norm, softmax (last axis and axis 0), log-softmax and the three cross-entropy reductions
+    in one graph on `device`; returns the outputs and the input gradients as NumPy arrays."""
+    rng = np.random.default_rng(0)
+    B, T, C = 2, 3, 40
+    x = tx.Tensor((2 * rng.standard_normal((B, T, C))).astype(dtype), requires_grad=True, device=device)
+    w = tx.Tensor(rng.standard_normal(C).astype(dtype), requires_grad=True, device=device)
+    b = tx.Tensor(rng.standard_normal(C).astype(dtype), requires_grad=True, device=device)
+    target = tx.Tensor(np.where(rng.random((B, T)) < 0.3, IGNORE, rng.integers(0, C, (B, T))), device=device)
+    h = F.layer_norm(x, w, b)
+    across = F.softmax(h, axis=0)                      # not the last axis: stays on the plain path
+    logits = h + F.softmax(h, axis=-1) * 3 + across + F.log_softmax(h, axis=-1) * 0.5
+    losses = [F.cross_entropy(logits, target, ignore_index=IGNORE, label_smoothing=0.1),
+              F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum"),
+              (F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="none") * 0.3).sum()]
+    (losses[0] + losses[1] * 0.1 + losses[2]).backward()
+    return [to_host(t) for t in (logits, *losses)] + [to_host(p.grad) for p in (x, w, b)]
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """The names of the fused kernels called during the test, in order."""
+    calls = []
+    for name, fused in list(kernels.FUSED.items()):
+        def spy(*args, _name=name, _fused=fused):
+            calls.append(_name)
+            return _fused(*args)
+        monkeypatch.setitem(kernels.FUSED, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("where", ["emulated", "cuda", "cuda-plain"])
+def test_primitives_dispatch_to_the_kernels(where, dtype, fused_calls, request, monkeypatch):
+    if where == "emulated":
+        skip_cpu_runner_on_gpu_only_run()
+        request.getfixturevalue("emulated")
+    else:
+        skip_without_gpu()
+    expected = composition(dtype, "cpu")
+    assert fused_calls == [], "the NumPy path called a fused kernel"
+    if where == "emulated":
+        # NumPy arrays stand in for CuPy ones: every input the kernels handle goes to them
+        monkeypatch.setattr(kernels, "lookup", lambda name, x, axis=-1: kernels.FUSED[name] if kernels.handles(x, axis)
+                            else None)
+        actual = composition(dtype, "cpu")
+    else:
+        with kernels.use_fused(where == "cuda"):
+            actual = composition(dtype, "cuda")
+    assert set(fused_calls) == (set() if where == "cuda-plain" else DISPATCHED)
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        assert_close(a, e, dtype, f"composition output {i}")
+
+
+def test_kernels_take_float_rows_over_the_last_axis():
+    x = np.ones((2, 3), np.float32)
+    assert kernels.handles(x) and kernels.handles(x, axis=1) and kernels.handles(x.astype(np.float64))
+    assert not kernels.handles(x, axis=0)
+    assert not kernels.handles(x.astype(np.float16)) and not kernels.handles(x.astype(np.int64))
+    assert not kernels.handles(np.ones((2, 0), np.float32))
+    assert all(kernels.lookup(name, x) is None for name in kernels.KERNELS), "a fused kernel for a NumPy array"
+
+
+def test_lookup_on_cuda():
+    skip_without_gpu()
+    x = backend.to_device(np.ones((2, 3), np.float32), "cuda")
+    assert kernels.lookup("softmax_forward", x) is kernels.FUSED["softmax_forward"]
+    assert kernels.lookup("softmax_forward", x, axis=0) is None
+    with kernels.use_fused(False):
+        assert kernels.lookup("softmax_forward", x) is None
+    assert kernels.lookup("softmax_forward", x) is not None
+
+
+def test_importing_tinygrad_tx_does_not_import_cupy():
+    env = {k: v for k, v in os.environ.items() if k != "TX_DEVICE"}
+    code = ("import sys, numpy, tinygrad_tx, tinygrad_tx.kernels as k\n"
+            "tinygrad_tx.Tensor([[1.0, 2.0]], requires_grad=True).softmax().sum().backward()\n"
+            "k.lookup('softmax_forward', numpy.ones((2, 3)))\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('cupy', 'cupyx', 'cupy_backends')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# ============================================================================== the sources compile
+def nvrtc_or_skip():
+    try:
+        from cupy_backends.cuda.libs import nvrtc  # CuPy's NVRTC binding: needs no GPU
+        nvrtc.getVersion()
+    except Exception as e:  # noqa: BLE001 (ImportError without CuPy, or the NVRTC library missing)
+        pytest.skip(f"NVRTC is not available ({type(e).__name__}: {e})")
+    return nvrtc
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sources_compile_with_nvrtc(dtype):
+    """Each kernel's exact source, with the options CuPy's RawKernel adds, for the H100 (compute_90)."""
+    nvrtc = nvrtc_or_skip()
+    for name in kernels.SOURCES:
+        program = nvrtc.createProgram(kernels.source(name, dtype), f"{name}.cu", [], [])
+        try:
+            nvrtc.compileProgram(program, ["-arch=compute_90", "--device-as-default-execution-space", "-ftz=true"])
+        except nvrtc.NVRTCError:
+            pytest.fail(f"{name} ({dtype}) does not compile:\n{nvrtc.getProgramLog(program)}")
+        if dtype == "float32":
+            assert b".f64" not in nvrtc.getPTX(program), f"{name}: double arithmetic in the float32 kernel"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sources_compile_with_nvcc(dtype, tmp_path):
+    """All kernels of a dtype in one translation unit (a namespace each) down to H100 machine code."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc (the CUDA toolkit) is not installed")
+    unit = tmp_path / "kernels.cu"
+    unit.write_text("".join(f"namespace k_{name} {{\n{kernels.source(name, dtype)}\n}}\n" for name in kernels.SOURCES))
+    out = subprocess.run([nvcc, "-arch=sm_90", "-cubin", "-o", str(tmp_path / "kernels.cubin"), str(unit)],
+                         check=False, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
