@@ -166,11 +166,11 @@ def run(configs, device, steps, warmup, plain=True):
 
 def markdown(result) -> str:
     m = result["machine"]
-    lines = [f"Device: {m.get('gpu', m['device'])}; torch {m['torch']}, CuPy {m.get('cupy', '-')}; "
-             f"float32, TF32 off (torch allow_tf32={m['torch_allow_tf32']}, CUPY_TF32={m['CUPY_TF32']}).", "",
-             "| config | tx ms/step (fused) | tx ms/step (plain CuPy) | torch ms/step | ratio fused/torch "
+    lines = [(f"Device: {m.get('gpu', m['device'])}; torch {m['torch']}, CuPy {m.get('cupy', '-')}; "
+             f"float32, TF32 off (torch allow_tf32={m['torch_allow_tf32']}, CUPY_TF32={m['CUPY_TF32']})."), "",
+             ("| config | tx ms/step (fused) | tx ms/step (plain CuPy) | torch ms/step | ratio fused/torch "
              "| ratio plain/torch | tx tokens/s | torch tokens/s | tx TFLOP/s | torch TFLOP/s "
-             "| tx peak MB in use / pool held | tx plain peak MB in use | torch MB max allocated / reserved |",
+             "| tx peak MB in use / pool held | tx plain peak MB in use | torch MB max allocated / reserved |"),
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         plain = f"{r['tx_plain_ms']:.1f}" if "tx_plain_ms" in r else "-"
