@@ -1,9 +1,9 @@
 """Fused CUDA kernels for the row-wise primitives on CuPy: softmax, masked softmax, layer norm, cross-entropy.
 
 On the GPU a primitive written in plain `xp` code launches one CuPy kernel per array operation:
-softmax alone is max, subtract, exp, sum, divide, five passes over memory and five launches. The
-kernels below do one row per thread block, keep the row's reductions in registers and shared memory,
-and read and write each element once or twice.
+softmax alone is max, subtract, exp, sum, divide: five launches, each writing a full intermediate
+array. The kernels below give each row to one thread block, keep the row's reductions in registers
+and shared memory, write only their outputs, and re-read the row (from cache, mostly) at most three times.
 
 Each fused kernel has its plain version beside it: the same `xp` maths as the primitive's NumPy path
 in functions.py (repeated here on purpose, so that each kernel can be read against what it
