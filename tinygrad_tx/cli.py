@@ -5,7 +5,7 @@
                       [--seed S] [--resume] [--char]
     tinygrad-tx translate --checkpoint RUN_DIR [--beam N] "text" ...      # or lines on stdin
     tinygrad-tx evaluate  --checkpoint RUN_DIR (--task NAME | --data test.tsv) [--beam N] [--json]
-    tinygrad-tx draw WHAT --out FILE [--depth K] [--backward]
+    tinygrad-tx draw [--what] WHAT --out FILE [--depth K] [--backward]
     tinygrad-tx draw --checkpoint RUN_DIR --sentence "text" --attention --out DIR
     tinygrad-tx demo [--out RUN_DIR] [--minutes M]
     tinygrad-tx bench [...]
@@ -108,6 +108,10 @@ def cmd_draw(args) -> int:
         for path in draw_attention(args.checkpoint, args.sentence, args.out, device=args.device):
             print(path)
         return 0
+    if args.what_option is not None:
+        if args.what is not None and args.what != args.what_option:
+            raise CommandError(f"draw: got two things to draw, {args.what!r} and --what {args.what_option!r}")
+        args.what = args.what_option
     if args.what is None:
         raise CommandError(f"draw: name what to draw ({', '.join(viz.EXAMPLES)}), or use --attention")
     print(viz.draw_command(what=args.what, out=args.out, depth=args.depth, backward=args.backward))
@@ -230,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("draw", help="draw computation graphs, or attention heatmaps of a trained run")
     d.add_argument("what", nargs="?", help="mlp, attention, encoder-layer, decoder-layer or transformer")
+    d.add_argument("--what", dest="what_option", metavar="WHAT", help="the same, as an option")
     d.add_argument("--out", required=True, help="output file (graph) or directory (--attention)")
     d.add_argument("--depth", type=int, help="collapse modules deeper than this")
     d.add_argument("--backward", action="store_true", help="draw the backward pass")

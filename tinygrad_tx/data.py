@@ -16,7 +16,7 @@ import json
 import os
 import random
 import re
-import tempfile
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 
@@ -193,8 +193,9 @@ def split_off_valid(pairs, seed: int, size: int = 1000):
 # ---------------------------------------------------------------------------- atomic files
 def atomic_write_text(path: str, text: str) -> None:
     """Write a text file so that readers see the old or the new content, never half of it."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    folder, base = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{base}.{uuid.uuid4().hex}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)    # the umask decides, as for open()
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
