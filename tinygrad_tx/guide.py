@@ -52,6 +52,7 @@ class TrainedModel:
     model: object              # models.transformer.Transformer, in eval mode
     vocab: data.PairVocab
     summary: str               # how it was trained, in one sentence of markdown
+    steps: int | None          # training steps of the run (None: unknown)
     test_pairs: list           # held-out (english, french) pairs to report exact match on
 
 
@@ -75,10 +76,10 @@ def _last_metrics(run_dir: str) -> dict:
     return records[-1] if records else {}
 
 
-def _describe_run(run_dir: str, cfg, model) -> str:
+def _describe_run(m: dict, cfg, model) -> str:
+    """The model and its training in one sentence (m: the run's last metrics record, or {})."""
     c = model.config
     n_params = sum(p.data.size for p in model.parameters())
-    m = _last_metrics(run_dir)
     trained = ""
     if m:
         trained = (f", trained for {m['step']} steps ({m['seconds'] / 60:.1f} minutes of training"
@@ -109,13 +110,14 @@ def load_or_train(checkpoint: str | None = None, steps: int | None = None, minut
             _log(f"training {TASK} for {budget} into {run_dir}")
             train(cfg, run_dir, steps=steps, minutes=minutes, progress=not quick, log=_log)
         cfg, vocab, model = load_model(run_dir)
-        summary = _describe_run(run_dir, cfg, model)
+        metrics = _last_metrics(run_dir)
+        summary, steps_done = _describe_run(metrics, cfg, model), metrics.get("step")
     unknown: list[str] = []
     vocab.encode_source(SENTENCE, unknown)
     if unknown:
         raise ValueError(f"the guide needs a {TASK} model, but the checkpoint's source vocabulary lacks "
                          f"{sorted(set(unknown))} (from the example {SENTENCE!r})")
-    return TrainedModel(model, vocab, summary, data.load_task(TASK, "test", seed=cfg.seed, size=test_size))
+    return TrainedModel(model, vocab, summary, steps_done, data.load_task(TASK, "test", seed=cfg.seed, size=test_size))
 
 
 # ---------------------------------------------------------------------------- live computations
@@ -198,7 +200,7 @@ def one_head(attention, x, head: int, mask=None):
     """Head `head` of a MultiHeadAttention written out with its own weights, for drawing.
 
     The head's slices of W^Q, W^K, W^V (and biases) become leaf Parameters named after the paper,
-    so the graph shows Q = x W_Q + b_Q, K, V, then models.attention.scaled_dot_product_attention.
+    so the graph shows Q = x W^Q + b^Q, K, V, then models.attention.scaled_dot_product_attention.
 
     Returns:
         (output (T, d_k), weights (T, T), the named leaves and Q, K, V: keep them alive while drawing,
@@ -209,9 +211,9 @@ def one_head(attention, x, head: int, mask=None):
     named, projected = [], {}
     for name, proj in (("Q", attention.q_proj), ("K", attention.k_proj), ("V", attention.v_proj)):
         w = Parameter(proj.weight.data[cols].T.copy())                     # (d_model, d_k): x @ W
-        w.name = f"W_{name} (head {head})"
+        w.name = f"W^{name} (head {head})"
         b = Parameter(proj.bias.data[cols].copy())                          # (d_k,)
-        b.name = f"b_{name}"
+        b.name = f"b^{name}"
         projected[name] = x @ w + b                                         # (T, d_k)
         projected[name].name = name
         named += [w, b, projected[name]]
@@ -281,10 +283,29 @@ def plot_panels(path: str, panels: list[Panel], title: str | None = None, cols: 
     return _save(fig, path)
 
 
+def plot_heads(path: str, weights, queries, keys, title: str, ylabel: str, xlabel: str) -> str:
+    """Attention weights (n_heads, Tq, Tk) or (Tq, Tk), one annotated panel per head, two panels a row
+    (wide enough to read on a web page); returns path."""
+    w = _host(weights)
+    w = w[None] if w.ndim == 2 else w
+    cols = min(len(w), 2)
+    last_row = (len(w) - 1) // cols
+    panels = [Panel(w[h], queries, keys, f"head {h}" if len(w) > 1 else "", cmap="viridis", vmin=0.0, vmax=1.0,
+                    xlabel=xlabel if h // cols == last_row else "", ylabel=ylabel if h % cols == 0 else "",
+                    annotate=".2f") for h in range(len(w))]
+    return plot_panels(path, panels, title=title, cols=cols, colorbar="attention weight", cell=0.42)
+
+
 def symmetric_range(*values) -> dict:
     """vmin/vmax centred on 0 and shared by several panels, so that one colour means one value."""
     vmax = max(float(abs(_host(v)).max()) for v in values)
     return {"vmin": -vmax, "vmax": vmax}
+
+
+def strongest(weights, query_tokens, key_tokens) -> list[tuple[str, str, float]]:
+    """(query, the key it gives the most weight, that weight) for every row of weights (Tq, Tk)."""
+    w = _host(weights)
+    return [(q, key_tokens[int(w[i].argmax())], float(w[i].max())) for i, q in enumerate(query_tokens)]
 
 
 def _host(values):
@@ -451,12 +472,11 @@ def _section_self_attention(g: _Guide) -> str:
     _draw(graph, g.figure("one_head_graph.png"))
     real = layer_attn.attn[0, 0]                                       # from the model's own forward pass
     check = (weights.detach() - real).abs().max().item()
-    viz.plot_attention(weights.detach(), ex.src_tokens, ex.src_tokens, g.figure("one_head_attention.png"),
-                       title="encoder layer 0, head 0: each row sums to 1")
+    plot_heads(g.figure("one_head_attention.png"), weights.detach(), ex.src_tokens, ex.src_tokens,
+               "encoder layer 0, head 0: each row sums to 1", ylabel="queries", xlabel="keys")
     d_k = layer_attn.d_k
-    row = ex.src_tokens.index("seventy") if "seventy" in ex.src_tokens else 0
-    top = sorted(range(len(ex.src_tokens)), key=lambda j: -float(real[row, j].item()))[:2]
-    top_text = " and ".join(f"`{ex.src_tokens[j]}` ({real[row, j].item():.2f})" for j in top)
+    pairs = strongest(real, ex.src_tokens, ex.src_tokens)
+    looks = ", ".join(f"`{q}` → `{k}` ({w:.0%})" for q, k, w in pairs)
     return f"""## 3. Self-attention
 
 Each token asks a question (its query, Q), offers a label (its key, K) and carries a content (its
@@ -475,7 +495,7 @@ with V. Each box shows a tensor's shape and its min/mean/max.
 
 Its weights, one row per query token, each row summing to 1. They are the very numbers the
 model's layer computed in its own forward pass (`layer.self_attn.attn[0, 0]`, max difference
-{check:.1e}). For example, `{ex.src_tokens[row]}` looks most at {top_text}.
+{check:.1e}). Where each token looks most: {looks}.
 
 {g.image('one_head_attention.png', 'Attention weights of one head')}
 """
@@ -490,9 +510,15 @@ def _section_multi_head(g: _Guide) -> str:
     heads = []
     for i, layer in enumerate(model.encoder.layers):
         name = f"heads_encoder_layer{i}.png"
-        viz.plot_attention(layer.self_attn.attn[0], ex.src_tokens, ex.src_tokens, g.figure(name),
-                           title=f"encoder layer {i} self-attention, one panel per head")
+        plot_heads(g.figure(name), layer.self_attn.attn[0], ex.src_tokens, ex.src_tokens,
+                   f"encoder layer {i} self-attention, one panel per head", ylabel="queries", xlabel="keys")
         heads.append(g.image(name, f"Encoder layer {i}: every head"))
+        favourite = []
+        for h in range(layer.self_attn.n_heads):
+            mean = layer.self_attn.attn[0, h].mean(axis=0)                   # (T,): the weight each key gets
+            j = int(mean.argmax().item())
+            favourite.append(f"head {h} gives `{ex.src_tokens[j]}` {mean[j].item():.0%}")
+        heads.append(f"On average over the queries of layer {i}, " + "; ".join(favourite) + ".")
     c = model.config
     heads_text = "\n\n".join(heads)
     return f"""## 4. Multi-head attention
@@ -507,8 +533,8 @@ into one green box:
 
 {g.image('multi_head_graph.png', 'Multi-head attention at module depth')}
 
-The weights of every head, for the example sentence. Heads of the same layer learn different
-patterns: some look at the neighbouring word, some at the number words, some gather at `<eos>`.
+The weights of every head, for the example sentence. The heads of a layer attend differently:
+each learned its own W^Q and W^K, so each asks its own question of the tokens.
 
 {heads_text}
 """
@@ -553,11 +579,16 @@ def _section_decoder(g: _Guide) -> str:
     cross = []
     for i, layer in enumerate(model.decoder.layers):
         name = f"cross_attention_layer{i}.png"
-        viz.plot_attention(layer.cross_attn.attn[0], ex.src_tokens, ex.tgt_out_tokens, g.figure(name),
-                           title=f"decoder layer {i} cross-attention: French output (rows) to English input")
+        plot_heads(g.figure(name), layer.cross_attn.attn[0], ex.tgt_out_tokens, ex.src_tokens,
+                   f"decoder layer {i} cross-attention", ylabel="French token predicted (query)",
+                   xlabel="English input token (key)")
         cross.append(g.image(name, f"Cross-attention of decoder layer {i}"))
-    second = translate_and_attend(model, g.vocab, SECOND_SENTENCE)
     last = len(model.decoder.layers) - 1
+    aligned = strongest(model.decoder.layers[last].cross_attn.attn[0].mean(axis=0), ex.tgt_out_tokens,
+                        ex.src_tokens)
+    aligned_text = ", ".join(f"`{q}` → `{k}`" for q, k, _ in aligned)
+    # A second, longer sentence: from here on the layers' .attn hold its weights.
+    second = translate_and_attend(model, g.vocab, SECOND_SENTENCE)
     viz.plot_attention(model.decoder.layers[last].cross_attn.attn[0].mean(axis=0), second.src_tokens,
                        second.tgt_out_tokens, g.figure("cross_attention_second.png"),
                        title=f"decoder layer {last} cross-attention, mean of the heads")
@@ -579,6 +610,11 @@ the French tokens the decoder predicts (`{ex.translation}`), columns the English
 
 {cross_text}
 
+Averaged over the heads of the last layer, the English token each French token looks at most:
+{aligned_text}. Nobody told the model which words correspond; it learned this alignment from
+sentence pairs alone, because looking at the right English word is what predicts the next French
+word.
+
 A longer number, `{SECOND_SENTENCE}` → `{second.translation}` (the heads of the last decoder
 layer averaged):
 
@@ -588,18 +624,18 @@ layer averaged):
 
 EXPLAIN_EXAMPLE = """x = tx.Tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], requires_grad=True)
 w = tx.Tensor([0.5, -1.0, 2.0], requires_grad=True)
+x.name, w.name = "x", "w"                      # labels for explain
 y = ((x * w).relu().sum(axis=1) ** 2).mean()   # w broadcasts over the rows of x
-tx.viz.explain(y)"""
+tx.viz.explain(y)                              # prints the narration, then y's gradients are in x.grad, w.grad
+"""
 
 
 def _explain_text() -> str:
-    x = tx.Tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], requires_grad=True)
-    x.name = "x"
-    w = tx.Tensor([0.5, -1.0, 2.0], requires_grad=True)
-    w.name = "w"
-    y = ((x * w).relu().sum(axis=1) ** 2).mean()
-    with contextlib.redirect_stdout(io.StringIO()):
-        return viz.explain(y)
+    """Run EXPLAIN_EXAMPLE and return what it prints: the page shows the very code that ran."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(EXPLAIN_EXAMPLE, {"tx": tx})      # noqa: S102 -- our own constant, shown verbatim on the page
+    return printed.getvalue()
 
 
 def _section_autodiff(g: _Guide) -> str:
@@ -612,7 +648,7 @@ def _section_autodiff(g: _Guide) -> str:
         loss.backward()
     _draw(viz.draw_graph(loss, backward=True), g.figure("one_head_backward.png"))
     grad_norm = {t.name: math.sqrt(float((t.grad * t.grad).sum().item())) for t in named if t.grad is not None}
-    b_k = grad_norm["b_K"]
+    b_k = grad_norm["b^K"]
     return f"""## 7. Autodiff: how the model learns
 
 Training needs the gradient of the loss with respect to every weight. tinygrad_tx records each
@@ -621,11 +657,11 @@ loss to the leaves, applying each primitive's local derivative rule (the chain r
 graph of the attention head of section 3, with a toy loss `mean(output^2)`, drawn with
 `tx.viz.draw_graph(loss, backward=True)` after a backward run inside `tx.viz.record_gradients()`:
 every red box is one op's backward, the edges carry gradient shapes and norms, and the dashed
-boxes are sums that undo broadcasting (the bias b_Q was added to every row, so its gradient adds up
+boxes are sums that undo broadcasting (the bias b^Q was added to every row, so its gradient adds up
 the rows). The gradients land in the leaves at the bottom.
 
-One of them is (almost) zero: ||dL/db_K|| = {b_k:.1e}, against {grad_norm["b_Q"]:.2g} for b_Q. That is
-not a bug. Adding the same b_K to every key adds the same number q.b_K to all the scores of a query,
+One of them is (almost) zero: ||dL/db^K|| = {b_k:.1e}, against {grad_norm["b^Q"]:.2g} for b^Q. That is
+not a bug. Adding the same b^K to every key adds the same number q·b^K to all the scores of a query,
 and a softmax does not change when all of its inputs shift together, so the key bias cannot change
 the loss. The backward pass finds this out on its own.
 
@@ -689,6 +725,10 @@ def build_guide(out_dir="docs", steps=None, minutes=None, checkpoint=None, quick
         _log(section.__name__.replace("_section_", "section: "))
         parts.append(section(g))
     table, metrics = _translations_table(trained, g.example)
+    regenerate = "python examples/illustrated.py --out docs      # or: tinygrad-tx guide --out docs/ (trains 3 minutes)"
+    if trained.steps:
+        regenerate += (f"\npython examples/illustrated.py --out docs --checkpoint runs/guide --steps {trained.steps}"
+                       f"   # this page's model: trained once into runs/guide, then reused")
     header = f"""# The illustrated Transformer, drawn by tinygrad_tx
 
 This guide follows a sentence through a Transformer that translates English number words into
@@ -697,7 +737,7 @@ tokens, embeddings, positions, self-attention, heads, the encoder layer, the dec
 backward pass that trains it all. Every figure and number below was computed by tinygrad_tx from a
 real trained model when this page was built. Regenerate it (and change it) with
 
-{_code("python examples/illustrated.py --out docs    # or: tinygrad-tx guide --out docs/", "bash")}
+{_code(regenerate, "bash")}
 
 The model: {trained.summary}. On {len(trained.test_pairs)} held-out numbers it translates
 {metrics['exact_match']:.1f}% exactly (BLEU {metrics['bleu']:.1f}, chrF {metrics['chrf']:.1f}), greedy decoding:
