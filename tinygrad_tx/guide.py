@@ -1,7 +1,7 @@
 """The illustrated guide: docs/illustrated.md and its figures, drawn by tinygrad_tx from a trained model.
 
     build_guide("docs")                               # train numbers-en-fr for 3 minutes, then write
-    build_guide("docs", checkpoint="runs/guide")      # load that run (or train into it if it is empty)
+    build_guide("docs", checkpoint="runs/guide")      # load that run (or train into it when it holds none)
     build_guide("/tmp/guide", quick=True)             # a tiny model, a few steps: seconds (the tests)
 
 The guide follows The Illustrated Transformer: tokens and embeddings, positions, self-attention,
@@ -9,7 +9,7 @@ multi-head attention, the encoder layer, the decoder's masks and cross-attention
 pass. Every number and picture in it is computed here, from the model, when the guide is built:
 rebuild it after changing the engine and the pictures change with it.
 
-Figures go to OUT/guide/ (PNG heatmaps from matplotlib, SVG graphs from Graphviz's `dot`), the text
+Figures go to OUT/guide/ (PNG heatmaps from matplotlib, PNG graphs from Graphviz's `dot`), the text
 to OUT/illustrated.md. This is the application layer: it uses the engine, viz, train and models.
 """
 from __future__ import annotations
@@ -113,11 +113,13 @@ def load_or_train(checkpoint: str | None = None, steps: int | None = None, minut
         metrics = _last_metrics(run_dir)
         summary, steps_done = _describe_run(metrics, cfg, model), metrics.get("step")
     unknown: list[str] = []
-    vocab.encode_source(SENTENCE, unknown)
+    for sentence in (SENTENCE, SECOND_SENTENCE):
+        vocab.encode_source(sentence, unknown)
     if unknown:
         raise ValueError(f"the guide needs a {TASK} model, but the checkpoint's source vocabulary lacks "
-                         f"{sorted(set(unknown))} (from the example {SENTENCE!r})")
-    return TrainedModel(model, vocab, summary, steps_done, data.load_task(TASK, "test", seed=cfg.seed, size=test_size))
+                         f"{sorted(set(unknown))} (words of its examples)")
+    test_pairs = data.load_task(TASK, "test", seed=cfg.seed, size=test_size)
+    return TrainedModel(model, vocab, summary, steps_done, test_pairs)
 
 
 # ---------------------------------------------------------------------------- live computations
@@ -143,8 +145,8 @@ def translate_and_attend(model, vocab, sentence: str) -> Translation:
         out_ids = out_ids[:out_ids.index(data.EOS) + 1]
     with tx.no_grad():
         model.eval()
-        src = tx.Tensor([src_ids], dtype=tx.int64)
-        tgt_in = tx.Tensor([out_ids[:-1]], dtype=tx.int64)
+        src = tx.Tensor([src_ids], dtype=tx.int64, device=translator.model_device)
+        tgt_in = tx.Tensor([out_ids[:-1]], dtype=tx.int64, device=translator.model_device)
         model(src, tgt_in)
     return Translation(sentence, vocab.decode_target(out_ids), src_ids,
                        [vocab.src.tokens[i] for i in src_ids],
@@ -155,7 +157,7 @@ def translate_and_attend(model, vocab, sentence: str) -> Translation:
 def embed_source(model, src_ids, positions: bool = True):
     """The encoder's input for one sentence, (T, d_model): token embeddings * sqrt(d_model), plus
     the positional encoding when `positions` (eval mode: no dropout)."""
-    src = tx.Tensor([src_ids], dtype=tx.int64)                              # (1, T)
+    src = tx.Tensor([src_ids], dtype=tx.int64, device=model.src_embed.weight.device)   # (1, T)
     x = model.src_embed(src) * math.sqrt(model.config.d_model)             # (1, T, d_model)
     if positions:
         x = model.pos_encoding(x)
@@ -175,7 +177,7 @@ def shuffle_through(attention, tokens, perm: list[int], positions=None):
     Returns:
         (attention of the shuffled tokens, the attention output shuffled), each (T, d_model).
     """
-    index = tx.Tensor(perm, dtype=tx.int64)
+    index = tx.Tensor(perm, dtype=tx.int64, device=tokens.device)
     with tx.no_grad():
         x = tokens.unsqueeze(0)                                             # (1, T, d_model)
         xs = tokens[index].unsqueeze(0)                                     # (1, T, d_model)
@@ -212,11 +214,15 @@ def one_head(attention, x, head: int, mask=None):
     for name, proj in (("Q", attention.q_proj), ("K", attention.k_proj), ("V", attention.v_proj)):
         w = Parameter(proj.weight.data[cols].T.copy())                     # (d_model, d_k): x @ W
         w.name = f"W^{name} (head {head})"
-        b = Parameter(proj.bias.data[cols].copy())                          # (d_k,)
-        b.name = f"b^{name}"
-        projected[name] = x @ w + b                                         # (T, d_k)
+        projected[name] = x @ w                                             # (T, d_k)
+        named.append(w)
+        if proj.bias is not None:
+            b = Parameter(proj.bias.data[cols].copy())                      # (d_k,)
+            b.name = f"b^{name}"
+            projected[name] = projected[name] + b                           # (T, d_k)
+            named.append(b)
         projected[name].name = name
-        named += [w, b, projected[name]]
+        named.append(projected[name])
     out, weights = scaled_dot_product_attention(projected["Q"], projected["K"], projected["V"], mask)
     weights.name = "attention weights"
     out.name = f"head {head} output"
@@ -333,6 +339,17 @@ class _Guide:
         self.example = translate_and_attend(self.model, self.vocab, SENTENCE)
         self.x = embed_source(self.model, self.example.src_ids).detach()   # (T, d_model), layer 0's input
         self.x.name = "x (embeddings + positions)"
+        # docs/autodiff.md, the tour of the engine's source, exists in a checkout (not in an installed wheel)
+        tour = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "autodiff.md")
+        self.autodiff_link = ""
+        if os.path.exists(tour):
+            self.autodiff_link = (f"[A guided tour of that source]({self.relative(tour)}) shows how a Function "
+                                  "saves what it needs, how the walk is ordered, how broadcasting is undone and "
+                                  "how the graph is freed.")
+
+    def relative(self, path: str) -> str:
+        """path as a link relative to the guide's folder."""
+        return os.path.relpath(os.path.abspath(path), os.path.abspath(self.out_dir)).replace(os.sep, "/")
 
     def figure(self, name: str) -> str:
         """The path to write figure `name` to; remembers it for the list of figures."""
@@ -344,14 +361,13 @@ class _Guide:
 
     def source(self, module, name: str | None = None) -> str:
         """A markdown link to a module's source file, relative to the guide (`name`: a function in it)."""
-        path = os.path.relpath(os.path.abspath(module.__file__), os.path.abspath(self.out_dir)).replace(os.sep, "/")
         label = f"{os.path.basename(module.__file__)}" + (f": `{name}`" if name else "")
-        return f"[{label}]({path})"
+        return f"[{label}]({self.relative(module.__file__)})"
 
     def encoder_mask(self):
         """(1, T) bool, True at every key a query may attend to (one sentence: every token)."""
         from models.transformer import padding_mask
-        src = tx.Tensor([self.example.src_ids], dtype=tx.int64)
+        src = tx.Tensor([self.example.src_ids], dtype=tx.int64, device=self.x.device)
         mask = padding_mask(src, self.model.config.pad_id).reshape(1, len(self.example.src_ids))  # (1, T)
         mask.name = "padding mask"
         return mask
@@ -714,12 +730,6 @@ def build_guide(out_dir="docs", steps=None, minutes=None, checkpoint=None, quick
     trained = load_or_train(checkpoint, steps, minutes, quick)
     os.makedirs(out_dir, exist_ok=True)
     g = _Guide(out_dir, trained)
-    autodiff_md = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "autodiff.md")
-    g.autodiff_link = ""
-    if os.path.exists(autodiff_md):
-        rel = os.path.relpath(autodiff_md, os.path.abspath(out_dir)).replace(os.sep, "/")
-        g.autodiff_link = (f"[A guided tour of that source]({rel}) shows how a Function saves what it needs, "
-                           "how the walk is ordered, how broadcasting is undone and how the graph is freed.")
     parts = []
     for section in SECTIONS:
         _log(section.__name__.replace("_section_", "section: "))
