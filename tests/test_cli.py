@@ -71,6 +71,14 @@ def test_resume_takes_the_checkpoint_settings_and_refuses_others(run, files, cap
     assert "cannot resume" in err and "config: checkpoint has 'small', asked for 'base'" in err
 
 
+def test_batches_in_tokens(files, tmp_path):
+    run = str(tmp_path / "run")
+    assert main(["train", "--data", files["train"], "--valid", files["valid"], "--out", run, "--steps", "2",
+                 "--batch-tokens", "200", "--seed", "3"]) == 0
+    config = json.loads(Path(run, "config.json").read_text())["train"]
+    assert (config["batch_unit"], config["batch_size"], config["seed"]) == ("tokens", 200, 3)
+
+
 def test_bad_tsv_is_reported_with_line_numbers(tmp_path, capsys):
     bad = tmp_path / "bad.tsv"
     bad.write_text("a\tb\nno tab\nc\td\n")

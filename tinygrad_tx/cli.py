@@ -42,6 +42,8 @@ def cmd_train(args) -> int:
     given = _explicit(args, ["task", "data", "valid", "config", "seed", "batch_size", "eval_every"])
     if args.char:
         given["level"] = "char"
+    if args.batch_tokens is not None:
+        given.update(batch_size=args.batch_tokens, batch_unit="tokens")
     if "valid" in given and "data" not in given:
         raise CommandError("--valid needs --data (a generated --task has its own validation split)")
     if "data" in given:
@@ -214,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help="seed for data, initialisation and batch order (default 0)")
     t.add_argument("--resume", action="store_true", help="continue the checkpoint in --out exactly")
     t.add_argument("--char", action="store_true", help="character-level tokens instead of words")
-    t.add_argument("--batch-size", type=int, help="sentences per batch (default 64)")
+    batch = t.add_mutually_exclusive_group()
+    batch.add_argument("--batch-size", type=int, help="sentences per batch (default 64)")
+    batch.add_argument("--batch-tokens", type=int, help="padded tokens per batch, instead of --batch-size")
     t.add_argument("--eval-every", type=int, help="validate and checkpoint every N steps (default 500)")
 
     tr = sub.add_parser("translate", help="translate sentences with a trained run")
