@@ -8,6 +8,7 @@
     tinygrad-tx draw [--what] WHAT --out FILE [--depth K] [--backward]
     tinygrad-tx draw --checkpoint RUN_DIR --sentence "text" --attention --out DIR
     tinygrad-tx demo [--out RUN_DIR] [--minutes M]
+    tinygrad-tx guide [--out docs] [--checkpoint RUN_DIR] [--minutes M | --steps N]
     tinygrad-tx bench [...]
 """
 from __future__ import annotations
@@ -192,7 +193,16 @@ def cmd_demo(args) -> int:
 
 def cmd_bench(argv) -> int:
     from . import bench
-    return bench.main(argv) or 0
+    bench.main(argv)
+    return 0
+
+
+def cmd_guide(args) -> int:
+    """Write docs/illustrated.md and its figures from a trained (or freshly trained) numbers-en-fr model."""
+    from .guide import build_guide
+    print(build_guide(args.out, steps=args.steps, minutes=args.minutes, checkpoint=args.checkpoint,
+                      quick=args.quick))
+    return 0
 
 
 # ---------------------------------------------------------------------------- parser
@@ -252,12 +262,20 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--minutes", type=float, default=3.0)
     m.add_argument("--device", choices=["cpu", "cuda"])
 
+    gd = sub.add_parser("guide", help="write the illustrated guide (docs/illustrated.md) from a trained model")
+    gd.add_argument("--out", default="docs", help="directory for illustrated.md and its figures (default docs)")
+    gd.add_argument("--checkpoint", metavar="RUN_DIR", help="load this run (or train into it when it is empty)")
+    budget = gd.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, help="training time when no checkpoint is given (default 3)")
+    budget.add_argument("--steps", type=int, help="training steps instead of minutes")
+    gd.add_argument("--quick", action="store_true", help="a tiny model trained a few steps (for tests)")
+
     sub.add_parser("bench", help="benchmark against PyTorch (options: tinygrad-tx bench --help)", add_help=False)
     return p
 
 
 COMMANDS = {"train": cmd_train, "translate": cmd_translate, "evaluate": cmd_evaluate, "draw": cmd_draw,
-            "demo": cmd_demo}
+            "demo": cmd_demo, "guide": cmd_guide}
 
 
 def main(argv=None) -> int:
