@@ -1,0 +1,31 @@
+"""The benchmark's smoke mode, as CI runs it: both frameworks train, the table and JSON come out."""
+import json
+
+import pytest
+
+from tinygrad_tx import bench
+
+
+def test_forward_flops_count_every_matmul():
+    c = bench.BenchConfig("t", d_model=8, n_heads=2, d_ff=16, n_layers=1, batch=2, seq=3, vocab=10)
+    tokens = 6
+    proj = 4 * 2 * tokens * 8 * 8                  # W^Q, W^K, W^V, W^O
+    scores = 2 * 2 * 2 * 3 * 3 * 8                 # Q K^T and A V over the batch
+    ffn = 2 * 2 * tokens * 8 * 16
+    expected = (proj + scores + ffn) + (2 * (proj + scores) + ffn) + 2 * tokens * 8 * 10
+    assert bench.forward_matmul_flops(c) == expected
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_smoke_run_prints_a_table_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    result = bench.main(["--smoke", "--json", str(out)])
+    (row,) = result["rows"]
+    assert row["config"]["name"] == "small" and row["steps"] == 2
+    assert row["tx_ms"] > 0 and row["torch_ms"] > 0 and row["ratio"] == pytest.approx(row["tx_ms"] / row["torch_ms"])
+    assert row["tx_peak_mb"] >= 0 and row["torch_peak_mb"] >= 0
+    assert row["decode_same_tokens"], "cached and uncached greedy decoding must give the same tokens"
+    assert result["gemm_gflops"] > 0
+    assert json.loads(out.read_text())["rows"][0]["config"]["name"] == "small"
+    table = capsys.readouterr().out
+    assert "| small |" in table and "GFLOP/s" in table
