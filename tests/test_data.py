@@ -142,7 +142,8 @@ def test_numbers_task_is_disjoint_by_number_and_deterministic():
     valid = data.load_task("numbers-en-fr", "valid", seed=0, size=200)
     train = data.load_task("numbers-en-fr", "train", seed=0, size=1500)
     assert len(test) == 400 and len(train) == 1500
-    assert ("ninety-seven", "quatre-vingt-dix-sept") in train + valid + test
+    assert ("ninety-seven", "quatre-vingt-dix-sept") in train            # every number below 1000
+    assert ("two hundred and eighty thousand", "deux cent quatre-vingt mille") in train   # multiples of 1000
     assert not {s for s, _ in train} & {s for s, _ in test}
     assert not {s for s, _ in valid} & {s for s, _ in test}
     assert data.load_task("numbers-en-fr", "test", seed=0, size=400) == test
@@ -190,6 +191,7 @@ def test_batch_order_in_tokens_caps_padded_size():
     for b in batches:
         assert len(b) * max(lengths[i] for i in b) <= 100 or len(b) == 1
     assert data.batch_order(lengths, 7, shuffle=False) == [list(range(7)), list(range(7, 14)), list(range(14, 20))]
+    assert data.batch_order([3, 1, 2, 1], 2, shuffle=False) == [[1, 3], [2, 0]]     # sorted by length, stable
 
 
 def test_split_off_valid_is_disjoint():

@@ -106,9 +106,9 @@ def _symbol_task(name, split, seed, size):
 def _number_task(name, split, seed, size):
     """English (or any num2words language) number words -> another language's number words.
 
-    Valid and test numbers are drawn uniformly from 0..999,999. Training uses every number below
-    1000 (the building blocks) that is not held out, then uniform draws above it, never a
-    held-out number.
+    Valid and test numbers are drawn uniformly from 0..999,999. Training uses the building blocks
+    first, every number below 1000 and every multiple of 1000 ("two hundred and eighty thousand",
+    rare among uniform draws), then uniform draws, and never a held-out number.
     """
     parts = name.split("-")
     if len(parts) != 3 or not parts[1] or not parts[2]:
@@ -128,7 +128,8 @@ def _number_task(name, split, seed, size):
     if split == "train":
         n = _split_size(split, size, NUMBER_TRAIN_SIZE)
         excluded = set(held)
-        numbers = [k for k in range(1000) if k not in excluded][:n]
+        blocks = list(range(1000)) + list(range(1000, NUMBER_RANGE, 1000))
+        numbers = [k for k in blocks if k not in excluded][:n]
         chosen = excluded | set(numbers)
         while len(numbers) < n and len(chosen) < NUMBER_RANGE:
             k = rng.randrange(NUMBER_RANGE)
@@ -429,7 +430,7 @@ def batch_order(lengths, batch_size: int, unit: str = "sentences", seed: int = 0
 
     Args:
         lengths: per example, its padded cost: max(source length, target length).
-        shuffle: False keeps the examples' own order (for evaluation).
+        shuffle: False sorts by length without any randomness (for evaluation and decoding).
     """
     if unit not in ("sentences", "tokens"):
         raise ValueError(f"batch unit must be 'sentences' or 'tokens', not {unit!r}")
@@ -439,7 +440,7 @@ def batch_order(lengths, batch_size: int, unit: str = "sentences", seed: int = 0
     rng = random.Random(f"batches:{seed}:{epoch}")
     if shuffle:
         rng.shuffle(order)
-        order.sort(key=lambda i: lengths[i])
+    order.sort(key=lambda i: lengths[i])
     batches, current, longest = [], [], 0
     for i in order:
         new_longest = max(longest, lengths[i])

@@ -153,7 +153,7 @@ class Translator:
         from models.decoding import beam_search, greedy_decode
         lengths = [len(s) for s in src_ids]
         out = [None] * len(src_ids)
-        for rows in _length_sorted_batches(lengths, self.batch_size):
+        for rows in data.batch_order(lengths, self.batch_size, shuffle=False):
             batch = data.collate([(src_ids[i], [BOS, EOS]) for i in rows], self.model_device)
             max_len = self.decode_len(batch.src.shape[1])
             if beam <= 1:
@@ -184,12 +184,6 @@ class Translator:
         hypotheses = self.translate([s for s, _ in pairs], beam, warn)
         references = [self.vocab.tokenizer.normalize(t) for _, t in pairs]
         return score(hypotheses, references)
-
-
-def _length_sorted_batches(lengths, batch_size):
-    """Indices sorted by length and cut into batches: little padding when decoding."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 # ---------------------------------------------------------------------------- run directory
