@@ -9,14 +9,14 @@ The same as `tinygrad-tx train --task numbers-en-fr --out runs/numbers --minutes
 `tinygrad-tx evaluate` and `tinygrad-tx translate`, through the Python API.
 """
 from tinygrad_tx import data
-from tinygrad_tx.train import TrainConfig, Translator, train
+from tinygrad_tx.train import TrainConfig, Translator, has_checkpoint, train
 
 RUN_DIR = "runs/numbers"
 
-# 1. Train. The run directory keeps the checkpoint: run this script again with resume=True
-#    (or `tinygrad-tx train --out runs/numbers --resume`) to continue exactly where it stopped.
+# 1. Train. The run directory keeps the checkpoint: run this script again (or
+#    `tinygrad-tx train --out runs/numbers --resume`) to continue exactly where it stopped.
 config = TrainConfig(task="numbers-en-fr")
-train(config, RUN_DIR, minutes=5)
+train(config, RUN_DIR, minutes=5, resume=has_checkpoint(RUN_DIR))
 
 # 2. Evaluate on 1000 held-out numbers, greedy and with a beam of 4.
 translator = Translator.load(RUN_DIR)
