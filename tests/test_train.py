@@ -124,6 +124,17 @@ def test_refuses_a_checkpoint_trained_otherwise(tsv, tmp_path):
         quiet_train(tiny_config(tsv), tmp_path / "empty", steps=4, resume=True)
 
 
+def test_hints_at_char_level_when_most_words_are_rare(tmp_path):
+    from num2words import num2words
+    pairs = [(num2words(k), num2words(k, lang="de")) for k in range(1000, 1100)]    # German: one word each
+    data.write_tsv(pairs, str(tmp_path / "de.tsv"))
+    messages = []
+    Trainer(TrainConfig(task=None, data=str(tmp_path / "de.tsv"), model=TINY), str(tmp_path / "run"),
+            progress=False, log=messages.append)
+    assert any("tgt side has" in m and "--char" in m for m in messages)
+    assert not any("src side has" in m for m in messages)
+
+
 def test_loading_refuses_a_vocabulary_that_does_not_fit_the_model(tsv, tmp_path):
     run = tmp_path / "run"
     quiet_train(tiny_config(tsv), run, steps=1)

@@ -297,6 +297,12 @@ class Trainer:
             diff = saved_vocab.describe_difference(self.vocab)
             if diff:
                 raise CheckpointError(f"cannot resume {run_dir}: its vocabulary differs from this data's: {diff}")
+        for side in ("src", "tgt"):
+            types = len(getattr(self.vocab, side))
+            if cfg.level == "word" and types > len(train_pairs) / 2:
+                self.log(f"note: the {side} side has {types} different words for {len(train_pairs)} pairs, so "
+                         f"most words are rare (German, for one, writes a number as one word); --char "
+                         f"(character tokens) may learn better")
         self.examples = encode_pairs(self.vocab, train_pairs)
         self.lengths = [max(len(s), len(t)) for s, t in self.examples]
 
