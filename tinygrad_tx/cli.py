@@ -39,7 +39,7 @@ def _explicit(args, names) -> dict:
 
 
 def cmd_train(args) -> int:
-    from .train import TrainConfig, _read_json, has_checkpoint, train
+    from .train import TrainConfig, has_checkpoint, read_json, train
     given = _explicit(args, ["task", "data", "valid", "config", "seed", "batch_size", "eval_every"])
     if args.char:
         given["level"] = "char"
@@ -51,7 +51,7 @@ def cmd_train(args) -> int:
         given.setdefault("task", None)
     if args.resume and has_checkpoint(args.out):
         # Settings not given again are the checkpoint's; settings given must match it (checked by Trainer).
-        saved = _read_json(os.path.join(args.out, "config.json"))["train"]
+        saved = read_json(os.path.join(args.out, "config.json"))["train"]
         if "task" in given:
             given.setdefault("data", None)
             given.setdefault("valid", None)

@@ -187,7 +187,7 @@ class Translator:
 
 
 # ---------------------------------------------------------------------------- run directory
-def _read_json(path):
+def read_json(path):
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -209,7 +209,7 @@ def load_model(run_dir: str, device: str | None = None):
                if not os.path.exists(os.path.join(run_dir, name))]
     if missing:
         raise CheckpointError(f"{run_dir} is not a complete checkpoint: missing {', '.join(missing)}")
-    saved = _read_json(os.path.join(run_dir, "config.json"))
+    saved = read_json(os.path.join(run_dir, "config.json"))
     cfg = TrainConfig.from_json(saved["train"])
     vocab = PairVocab.load(os.path.join(run_dir, "vocab.json"))
     model_cfg = cfg.model_config(len(vocab.src), len(vocab.tgt))
@@ -282,7 +282,7 @@ class Trainer:
             raise CheckpointError(f"{run_dir} already holds a checkpoint: pass --resume to continue it, "
                                   f"or choose another --out")
         if resume:
-            saved = TrainConfig.from_json(_read_json(os.path.join(run_dir, "config.json"))["train"])
+            saved = TrainConfig.from_json(read_json(os.path.join(run_dir, "config.json"))["train"])
             diffs = _config_differences(saved, cfg)
             if diffs:
                 raise CheckpointError(f"cannot resume {run_dir}: it was trained with other settings:\n  "
@@ -348,7 +348,7 @@ class Trainer:
         missing = [n for n in CHECKPOINT_FILES if not os.path.exists(self._path(n))]
         if missing:
             raise CheckpointError(f"{self.run_dir} is not a complete checkpoint: missing {', '.join(missing)}")
-        trainer = _read_json(self._path("trainer.json"))
+        trainer = read_json(self._path("trainer.json"))
         try:
             self.model.load_state_dict(load(self._path("model.npz")))
             self.optimizer.load_state_dict(load(self._path("optimizer.npz")))
