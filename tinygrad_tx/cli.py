@@ -125,23 +125,12 @@ def draw_attention(run_dir: str, sentence: str, out_dir: str, device: str | None
     """Translate `sentence`, then write the attention weights of every layer as heatmaps in out_dir:
     encoder self-attention, decoder self-attention and decoder cross-attention (one file each per layer).
     Returns the paths written."""
-    import tinygrad_tx as tx
-
     from . import viz
-    from .train import Translator, load_model
+    from .guide import translate_and_attend
+    from .train import load_model
     _cfg, vocab, model = load_model(run_dir, device)
-    translator = Translator(model, vocab)
-    src_ids = vocab.encode_source(sentence, [])
-    out_ids = translator.decode_ids([src_ids])[0]
-    out_ids = out_ids[:out_ids.index(data.EOS) + 1] if data.EOS in out_ids else out_ids
-    # Teacher-force the model's own translation so that every layer keeps its last attention weights.
-    with tx.no_grad():
-        src = tx.Tensor([src_ids], dtype=tx.int64, device=translator.model_device)
-        tgt_in = tx.Tensor([out_ids[:-1]], dtype=tx.int64, device=translator.model_device)
-        model(src, tgt_in)
-    src_tokens = [vocab.src.tokens[i] for i in src_ids]
-    tgt_in_tokens = [vocab.tgt.tokens[i] for i in out_ids[:-1]]
-    tgt_out_tokens = [vocab.tgt.tokens[i] for i in out_ids[1:]]
+    t = translate_and_attend(model, vocab, sentence)     # every layer's .attn now holds this sentence
+    src_tokens, tgt_in_tokens, tgt_out_tokens = t.src_tokens, t.tgt_in_tokens, t.tgt_out_tokens
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     pictures = []
