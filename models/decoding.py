@@ -47,7 +47,8 @@ class _Prefixes:
         else:
             # The whole prefix, causally masked (no padding mask: the cache does not use one either).
             T = self.ys.shape[1]
-            h = self.model.decode(self.memory, self.ys, self.src_mask, causal_mask(T, self.ys.device))  # (rows, T, d_model)
+            mask = causal_mask(T, self.ys.device)                      # (T, T)
+            h = self.model.decode(self.memory, self.ys, self.src_mask, mask)   # (rows, T, d_model)
         return self.model.generator(h[:, -1])                          # (rows, tgt_vocab)
 
     def append(self, tokens, rows=None):
