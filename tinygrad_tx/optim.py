@@ -64,7 +64,7 @@ class Optimizer:
             self._update(i, p, grad)
 
     def _update(self, i, p, grad):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define _update(i, p, grad): the update rule")
 
     def _buffer(self, i, p, name):
         """The state array `name` of parameter i, created as zeros on first use."""
