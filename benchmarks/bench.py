@@ -3,7 +3,7 @@
     python benchmarks/bench.py                  # small, base, paper (about 10 minutes on 2 cores)
     python benchmarks/bench.py --smoke          # a quick check, as CI runs it
 """
-from tinygrad_tx.bench import main
+from tinygrad_tx.app.bench import main
 
 if __name__ == "__main__":
     main()

@@ -31,7 +31,7 @@ import time
 from dataclasses import asdict
 
 from tinygrad_tx import backend, kernels
-from tinygrad_tx.bench import CONFIGS, BenchConfig, forward_matmul_flops, torch_setup, tx_setup
+from tinygrad_tx.app.bench import CONFIGS, BenchConfig, forward_matmul_flops, torch_setup, tx_setup
 
 LARGE = BenchConfig("large", d_model=1024, n_heads=16, d_ff=4096, n_layers=6, batch=64, seq=64, vocab=8000)
 GPU_CONFIGS = {**CONFIGS, "large": LARGE}

@@ -4,11 +4,11 @@
     python examples/illustrated.py --checkpoint runs/guide          # load runs/guide (or train into it)
     python examples/illustrated.py --quick --out /tmp/guide         # a tiny model: seconds
 
-All the work happens in tinygrad_tx.guide.build_guide (also `tinygrad-tx guide`).
+All the work happens in tinygrad_tx.app.guide.build_guide (also `tinygrad-tx guide`).
 """
 import argparse
 
-from tinygrad_tx.guide import build_guide
+from tinygrad_tx.app.guide import build_guide
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--out", default="docs", help="folder for illustrated.md; figures go to OUT/guide/")

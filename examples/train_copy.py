@@ -6,8 +6,11 @@ The same as `tinygrad-tx train --task copy --out runs/copy --minutes 3 --batch-s
 Python API: a TrainConfig names the task, train() writes the run directory, and a Translator
 loads it back.
 """
-from tinygrad_tx import data
-from tinygrad_tx.train import TrainConfig, Translator, has_checkpoint, train
+from tinygrad_tx.app import tasks
+from tinygrad_tx.app.checkpoint import has_checkpoint
+from tinygrad_tx.app.config import TrainConfig
+from tinygrad_tx.app.train import train
+from tinygrad_tx.app.translate import Translator
 
 RUN_DIR = "runs/copy"
 
@@ -20,7 +23,7 @@ print(f"validation: exact match {metrics['exact_match']:.1f}%, BLEU {metrics['bl
 
 # 2. Evaluate on 1000 held-out sequences (never seen in training).
 translator = Translator.load(RUN_DIR)
-test = data.load_task("copy", "test", seed=config.seed)
+test = tasks.load_task("copy", "test", seed=config.seed)
 print("test:", translator.evaluate(test))
 
 # 3. Translate (copy) a sequence of our own.

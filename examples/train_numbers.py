@@ -8,8 +8,11 @@
 The same as `tinygrad-tx train --task numbers-en-fr --out runs/numbers --minutes 5`, then
 `tinygrad-tx evaluate` and `tinygrad-tx translate`, through the Python API.
 """
-from tinygrad_tx import data
-from tinygrad_tx.train import TrainConfig, Translator, has_checkpoint, train
+from tinygrad_tx.app import tasks
+from tinygrad_tx.app.checkpoint import has_checkpoint
+from tinygrad_tx.app.config import TrainConfig
+from tinygrad_tx.app.train import train
+from tinygrad_tx.app.translate import Translator
 
 RUN_DIR = "runs/numbers"
 
@@ -20,7 +23,7 @@ train(config, RUN_DIR, minutes=5, resume=has_checkpoint(RUN_DIR))
 
 # 2. Evaluate on 1000 held-out numbers, greedy and with a beam of 4.
 translator = Translator.load(RUN_DIR)
-test = data.load_task("numbers-en-fr", "test", seed=config.seed)
+test = tasks.load_task("numbers-en-fr", "test", seed=config.seed)
 print("greedy:", translator.evaluate(test))
 print("beam 4:", translator.evaluate(test, beam=4))
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from tinygrad_tx import bench
+from tinygrad_tx.app import bench
 
 
 def test_forward_flops_count_every_matmul():

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tinygrad_tx import data
-from tinygrad_tx.cli import main
+from tinygrad_tx.app import tasks
+from tinygrad_tx.app.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def files(tmp_path_factory):
     paths = {}
     for split, size in [("train", 120), ("valid", 8), ("test", 8)]:
         paths[split] = str(folder / f"{split}.tsv")
-        data.write_tsv(data.load_task("copy", split, seed=0, size=size), paths[split])
+        tasks.write_tsv(tasks.load_task("copy", split, seed=0, size=size), paths[split])
     paths["run"] = str(folder / "run")
     return paths
 

@@ -7,8 +7,8 @@ import pytest
 from conftest import to_host
 
 import tinygrad_tx as tx
-from models.decoding import beam_search, greedy_decode
-from models.transformer import Transformer, TransformerConfig, causal_mask, padding_mask
+from tinygrad_tx.models.decoding import beam_search, greedy_decode
+from tinygrad_tx.models.transformer import Transformer, TransformerConfig, causal_mask, padding_mask
 
 PAD, BOS, EOS = 0, 1, 2
 

@@ -1,4 +1,4 @@
-"""The illustrated guide (tinygrad_tx.guide): a reduced build in seconds, its figures and links, and
+"""The illustrated guide (tinygrad_tx.app.guide): a reduced build in seconds, its figures and links, and
 the live computations it reports (permutation equivariance, one head written out by hand)."""
 import math
 import os
@@ -14,9 +14,9 @@ pytest.importorskip("graphviz")
 pytest.importorskip("num2words")
 
 import tinygrad_tx as tx
-from models.attention import MultiHeadAttention
-from models.transformer import sinusoidal_encoding
-from tinygrad_tx import guide
+from tinygrad_tx.models.attention import MultiHeadAttention
+from tinygrad_tx.models.transformer import sinusoidal_encoding
+from tinygrad_tx.app import guide
 
 REPO = Path(__file__).resolve().parent.parent
 SECTIONS = ["1. Tokenization and embedding", "2. Positional encoding", "3. Self-attention",
@@ -99,7 +99,8 @@ def test_checkpoint_is_loaded_not_retrained(built):
 
 
 def test_a_checkpoint_of_another_task_is_refused(tmp_path):
-    from tinygrad_tx.train import TrainConfig, train
+    from tinygrad_tx.app.config import TrainConfig
+    from tinygrad_tx.app.train import train
     pairs = tmp_path / "colours.tsv"
     pairs.write_text("".join(f"{a} {b}\t{b} {a}\n" for a in ("red", "green", "blue") for b in ("cat", "dog")))
     run = tmp_path / "colours"

@@ -10,8 +10,8 @@ import torch
 from conftest import to_host
 
 import tinygrad_tx as tx
-from models.attention import MultiHeadAttention, scaled_dot_product_attention
-from models.transformer import (
+from tinygrad_tx.models.attention import MultiHeadAttention, scaled_dot_product_attention
+from tinygrad_tx.models.transformer import (
     Decoder,
     DecoderLayer,
     Encoder,

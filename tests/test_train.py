@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 
 import tinygrad_tx as tx
-from tinygrad_tx import data
-from tinygrad_tx.train import CheckpointError, TrainConfig, Trainer, Translator, load_model, score, train
+from tinygrad_tx.app import batching, tasks, vocab
+from tinygrad_tx.app.checkpoint import load_model
+from tinygrad_tx.app.config import CheckpointError, TrainConfig
+from tinygrad_tx.app.train import Trainer, train
+from tinygrad_tx.app.translate import Translator, score
 
 TINY = {"d_model": 16, "n_heads": 2, "d_ff": 32, "n_layers": 1, "dropout": 0.1}
 
@@ -19,7 +22,7 @@ def tsv(tmp_path_factory):
     paths = {}
     for name, split, size in [("train", "train", 200), ("valid", "valid", 24)]:
         paths[name] = str(folder / f"{name}.tsv")
-        data.write_tsv(data.load_task("reverse", split, seed=0, size=size), paths[name])
+        tasks.write_tsv(tasks.load_task("reverse", split, seed=0, size=size), paths[name])
     return paths
 
 
@@ -115,9 +118,9 @@ def test_refuses_a_checkpoint_trained_otherwise(tsv, tmp_path):
         quiet_train(tiny_config(tsv, seed=1), run, steps=4, resume=True)
     # Same settings and file name, but the file now holds other sentences: the vocabulary differs.
     own = {"train": str(tmp_path / "train.tsv"), "valid": tsv["valid"]}
-    data.write_tsv(data.read_tsv(tsv["train"]), own["train"])
+    tasks.write_tsv(tasks.read_tsv(tsv["train"]), own["train"])
     quiet_train(tiny_config(own), tmp_path / "run2", steps=2)
-    data.write_tsv([("hello world", "bonjour le monde")] * 20, own["train"])
+    tasks.write_tsv([("hello world", "bonjour le monde")] * 20, own["train"])
     with pytest.raises(CheckpointError, match="vocabulary differs.*src vocabulary"):
         quiet_train(tiny_config(own), tmp_path / "run2", steps=4, resume=True)
     with pytest.raises(CheckpointError, match="no checkpoint"):
@@ -127,7 +130,7 @@ def test_refuses_a_checkpoint_trained_otherwise(tsv, tmp_path):
 def test_hints_at_char_level_when_most_words_are_rare(tmp_path):
     from num2words import num2words
     pairs = [(num2words(k), num2words(k, lang="de")) for k in range(1000, 1100)]    # German: one word each
-    data.write_tsv(pairs, str(tmp_path / "de.tsv"))
+    tasks.write_tsv(pairs, str(tmp_path / "de.tsv"))
     messages = []
     Trainer(TrainConfig(task=None, data=str(tmp_path / "de.tsv"), model=TINY), str(tmp_path / "run"),
             progress=False, log=messages.append)
@@ -153,14 +156,14 @@ def trained(tsv, tmp_path_factory):
 
 
 def test_greedy_equals_beam_search_with_beam_one(trained, tsv):
-    from models.decoding import beam_search
+    from tinygrad_tx.models.decoding import beam_search
     translator = Translator.load(trained)
-    sources = [s for s, _ in data.read_tsv(tsv["valid"])]
+    sources = [s for s, _ in tasks.read_tsv(tsv["valid"])]
     src_ids = [translator.vocab.encode_source(s) for s in sources]
     greedy = translator.decode_ids(src_ids, beam=1)
-    batch = data.collate([(s, [data.BOS, data.EOS]) for s in src_ids])
+    batch = batching.collate([(s, [vocab.BOS, vocab.EOS]) for s in src_ids])
     beam = beam_search(translator.model, batch.src, beam_size=1, max_len=translator.decode_len(batch.src.shape[1]),
-                       bos_id=data.BOS, eos_id=data.EOS).tolist()
+                       bos_id=vocab.BOS, eos_id=vocab.EOS).tolist()
     for g, b in zip(greedy, beam):
         assert translator.vocab.tgt.decode(g) == translator.vocab.tgt.decode(b)
     assert translator.translate(sources, beam=1) == translator.translate(sources, beam=1)
@@ -178,7 +181,7 @@ def test_unknown_source_tokens_warn(trained):
 
 def test_draw_attention_writes_every_layer(trained, tmp_path):
     pytest.importorskip("matplotlib")
-    from tinygrad_tx.cli import main
+    from tinygrad_tx.app.cli import main
     out = tmp_path / "pictures"
     assert main(["draw", "--checkpoint", trained, "--sentence", "1 2 3", "--attention", "--out", str(out)]) == 0
     names = sorted(os.listdir(out))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import tinygrad_tx as tx
+from tinygrad_tx.app import drawings
 from tinygrad_tx import nn
 from tinygrad_tx.viz import graph as viz_graph
 from tinygrad_tx.viz import record as viz_record
@@ -288,7 +289,7 @@ def test_explain_counts_contributions_at_a_diamond():
 
 
 def test_every_primitive_has_a_rule():
-    from tinygrad_tx import functions
+    from tinygrad_tx import primitives as functions
     primitives = {c.__name__ for c in vars(functions).values()
                   if isinstance(c, type) and issubclass(c, tx.Function) and c is not tx.Function}
     assert primitives <= set(tx.viz.RULES)
@@ -306,7 +307,7 @@ def test_render_svg_and_png_with_the_real_dot(tmp_path):
     g = tx.viz.draw_graph(loss, module=net)
     svg = g.pipe(format="svg").decode()
     assert "<svg" in svg and "blocks.0.proj: Linear" in svg
-    path = tx.viz.save_drawing(g, tmp_path / "net.png")
+    path = drawings.save_drawing(g, tmp_path / "net.png")
     data = read(path, "rb")
     width, height = png_size(data)
     assert len(data) > 5_000 and width > 200 and height > 400
@@ -315,18 +316,18 @@ def test_render_svg_and_png_with_the_real_dot(tmp_path):
 @needs_dot
 @pytest.mark.parametrize("what", ["mlp", "attention"])
 def test_draw_command_renders_the_examples(tmp_path, what):
-    path = tx.viz.draw_command(what, tmp_path / f"{what}.png")
+    path = drawings.draw_command(what, tmp_path / f"{what}.png")
     data = read(path, "rb")
     assert len(data) > 5_000 and min(png_size(data)) > 200
-    assert read(tx.viz.draw_command(what, tmp_path / "b.svg", backward=True)).count("backward") >= 3
+    assert read(drawings.draw_command(what, tmp_path / "b.svg", backward=True)).count("backward") >= 3
 
 
 def test_draw_command_names_its_choices(tmp_path):
     with pytest.raises(ValueError, match="mlp, attention, encoder-layer"):
-        tx.viz.draw_command("lstm", tmp_path / "x.svg")
+        drawings.draw_command("lstm", tmp_path / "x.svg")
     with pytest.raises(ValueError, match=r"\.svg, \.png, \.pdf, \.dot"):
-        tx.viz.draw_command("mlp", tmp_path / "x.jpeg")
-    dot_text = read(tx.viz.draw_command("attention", tmp_path / "head.dot"))
+        drawings.draw_command("mlp", tmp_path / "x.jpeg")
+    dot_text = read(drawings.draw_command("attention", tmp_path / "head.dot"))
     assert dot_text.startswith("digraph") and "Softmax" in dot_text and "MaskedFill" in dot_text
 
 
@@ -341,7 +342,7 @@ def test_without_dot_the_source_is_there_and_rendering_says_how_to_install(tmp_p
         assert hint in str(info.value)
     with pytest.raises(tx.viz.GraphvizNotInstalled):
         g.render(tmp_path / "y", format="png")
-    written = tx.viz.draw_command("mlp", tmp_path / "mlp.png")
+    written = drawings.draw_command("mlp", tmp_path / "mlp.png")
     assert written == str(tmp_path / "mlp.dot") and read(written).startswith("digraph")
     assert "wrote the dot source" in capsys.readouterr().err.lower()
 
@@ -356,8 +357,8 @@ def test_without_the_graphviz_package_the_error_says_what_to_install(monkeypatch
 
 # ---------------------------------------------------------------------------- models (when present)
 def test_transformer_clusters_and_depth_two_fits_on_a_screen():
-    pytest.importorskip("models.transformer")
-    example = tx.viz.build_example("transformer")
+    pytest.importorskip("tinygrad_tx.models.transformer")
+    example = drawings.build_example("transformer")
     nodes, _, clusters = parse(tx.viz.draw_graph(example.loss, module=example.module))
     assert clusters["cluster_decoder.layers.0.cross_attn"] == [
         "cluster_Transformer", "cluster_decoder", "cluster_decoder.layers", "cluster_decoder.layers.0"]
@@ -370,8 +371,8 @@ def test_transformer_clusters_and_depth_two_fits_on_a_screen():
 
 @needs_dot
 def test_encoder_layer_example_renders(tmp_path):
-    pytest.importorskip("models.transformer")
-    svg = read(tx.viz.draw_command("encoder-layer", tmp_path / "layer.svg", depth=1))
+    pytest.importorskip("tinygrad_tx.models.transformer")
+    svg = read(drawings.draw_command("encoder-layer", tmp_path / "layer.svg", depth=1))
     assert "self_attn: MultiHeadAttention" in svg and "linear1: Linear" in svg
 
 
@@ -397,7 +398,7 @@ def test_positional_encoding_table_and_plot(tmp_path):
     np.testing.assert_allclose(table[:, 0::2], np.sin(pos / 10000 ** (i / 16)))
     np.testing.assert_allclose(table[:, 1::2], np.cos(pos / 10000 ** (i / 16)))
     try:
-        from models.transformer import sinusoidal_encoding
+        from tinygrad_tx.models.transformer import sinusoidal_encoding
         np.testing.assert_allclose(table, sinusoidal_encoding(50, 16).numpy(), atol=1e-6)
     except ImportError:
         pass

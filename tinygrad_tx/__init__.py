@@ -1,13 +1,15 @@
 """tinygrad_tx: a small, readable reverse-mode autodiff engine on NumPy (CPU) and CuPy (GPU).
 
-Read the files in dependency order: backend -> tensor / autograd -> functions (the primitives)
--> functional -> nn -> optim; viz draws graphs; data, train, cli, bench and guide are the application
-layer on top of `models/`.
+This package is the engine. Read its files in dependency order: backend -> tensor / autograd ->
+primitives -> functional -> nn -> optim; serialization, gradcheck and viz (drawing) sit beside them.
+On top of the engine: `tinygrad_tx.models` (the Transformer, built from the public API), and on top
+of the models `tinygrad_tx.app` (tasks, vocabularies, batching, training, checkpoints, translation,
+the CLI, the benchmark and the guide builder). `import tinygrad_tx` loads neither.
 """
 from . import backend
 from .tensor import Tensor, where, cat, stack
 from .autograd import Function, no_grad, is_grad_enabled
-from . import functions
+from . import primitives
 from . import functional
 from . import nn
 from . import optim
@@ -32,7 +34,7 @@ def cuda_available() -> bool:
 
 
 __all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "where", "cat", "stack", "manual_seed",
-           "gradcheck", "GradcheckError", "functional", "nn", "optim", "save", "load", "functions", "backend",
+           "gradcheck", "GradcheckError", "functional", "nn", "optim", "save", "load", "primitives", "backend",
            "viz", "cuda_available",
            "float32", "float64", "int64", "bool_"]
 __version__ = "0.1.0"

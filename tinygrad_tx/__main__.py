@@ -1,6 +1,6 @@
-"""`python -m tinygrad_tx ...` runs the `tinygrad-tx` command."""
+"""`python -m tinygrad_tx ...` runs the `tinygrad-tx` command (an entry point: it may load the application)."""
 import sys
 
-from .cli import main
+from .app.cli import main
 
 sys.exit(main())

@@ -1,6 +1,6 @@
 """Reverse-mode automatic differentiation: the graph node (`Function`) and the backward walk.
 
-Every op is a `Function` subclass with a `forward` and a `backward` side by side (functions.py).
+Every op is a `Function` subclass with a `forward` and a `backward` side by side (primitives.py).
 `Function.apply` runs forward on backend arrays and, when a gradient is needed, records one graph
 node: the `Function` instance itself, which doubles as the `ctx` that `forward` saves into.
 

@@ -1,7 +1,7 @@
 """Neural-network functions, as in torch.nn.functional. Each is a primitive or a short composition."""
 from __future__ import annotations
 
-from . import functions as fn
+from . import primitives as fn
 from .tensor import Tensor
 
 

@@ -6,7 +6,7 @@ array. The kernels below give each row to one thread block, keep the row's reduc
 and shared memory, write only their outputs, and re-read the row (from cache, mostly) at most three times.
 
 Each fused kernel has its plain version beside it: the same `xp` maths as the primitive's NumPy path
-in functions.py (repeated here on purpose, so that each kernel can be read against what it
+in primitives.py (repeated here on purpose, so that each kernel can be read against what it
 replaces and tested against it; the primitive stays the definition). The primitives ask
 
     fused = kernels.lookup("softmax_forward", x)

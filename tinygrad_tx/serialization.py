@@ -1,10 +1,12 @@
-"""Saving and loading state dicts as .npz files: atomic writes, and loads that never unpickle.
+"""Files: the one atomic writer, and state dicts saved as .npz files that load without unpickling.
 
     tx.save(model.state_dict(), "model.npz")
     model.load_state_dict(tx.load("model.npz"))
+    atomic_write_text("notes.txt", "...")       # every file the package writes goes through atomic_write
 """
 from __future__ import annotations
 
+import json
 import numbers
 import os
 import uuid
@@ -12,6 +14,42 @@ from collections.abc import Mapping
 
 from . import backend
 from .tensor import Tensor
+
+
+def atomic_write(path, write) -> None:
+    """Write a file so that readers see the old content or the complete new one, never half of it.
+
+    `write` is bytes, a str (written as UTF-8), or a callable that writes into the open binary file.
+    The data goes to a fresh temporary file in the same folder, created with O_EXCL under a random
+    name (so a planted file or symlink is never followed), is fsync'ed, and is renamed over `path`
+    with os.replace. On any failure the temporary file is removed and `path` is left untouched.
+    """
+    path = os.fspath(path)
+    folder, base = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{base}.{uuid.uuid4().hex}.tmp")
+    # mode 0o666, so the umask decides, as for a plain open()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if callable(write):
+                write(f)
+            else:
+                f.write(write.encode("utf-8") if isinstance(write, str) else write)
+            f.flush()
+            os.fsync(f.fileno())                        # the data is on disk before the rename
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_text(path, text: str) -> None:
+    atomic_write(path, text)
+
+
+def atomic_write_json(path, obj) -> None:
+    atomic_write(path, json.dumps(obj, indent=1) + "\n")
 
 
 def _host_array(name, value):
@@ -46,21 +84,7 @@ def save(state_dict, path) -> None:
             raise TypeError(f"save: keys must be strings, got {name!r} ({type(name).__name__})")
         arrays[name] = _host_array(name, value)
 
-    path = os.fspath(path)
-    folder, base = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{base}.{uuid.uuid4().hex}.tmp")
-    # O_EXCL: never reuse an existing file; mode 0o666 so the umask decides, as for a plain open()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            backend.write_npz(f, arrays)
-            f.flush()
-            os.fsync(f.fileno())                        # the data is on disk before the rename
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda f: backend.write_npz(f, arrays))
 
 
 def load(path) -> dict:

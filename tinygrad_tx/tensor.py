@@ -1,6 +1,6 @@
 """The Tensor: a backend array, an optional gradient, and the graph node that produced it.
 
-Every differentiable method below is one line that calls a primitive from functions.py
+Every differentiable method below is one line that calls a primitive from primitives.py
 (`Mul.apply(self, other)`), or a short composition of primitives. Nothing here computes a
 derivative: that lives beside each primitive's forward.
 """
@@ -478,5 +478,5 @@ def stack(tensors, axis=0):
     return cat([t.unsqueeze(axis) for t in tensors], axis=axis)
 
 
-from . import autograd  # noqa: E402  (autograd and functions import Tensor from this module)
-from . import functions as fn  # noqa: E402
+from . import autograd  # noqa: E402  (autograd and primitives import Tensor from this module)
+from . import primitives as fn  # noqa: E402

@@ -9,13 +9,11 @@ Importing this package needs nothing beyond the engine: graphviz and matplotlib 
     explain(loss)                                       narrate, then run, the backward pass
     plot_attention(weights, src_tokens, tgt_tokens, path)
     plot_positional_encoding(max_len, d_model, path)
-    draw_command(what, out, depth=None, backward=False) the `tinygrad-tx draw` command
 """
-from .examples import EXAMPLES, build_example, draw_command, save_drawing
 from .explain import RULES, explain
 from .graph import GraphvizNotInstalled, draw_graph
 from .plots import plot_attention, plot_positional_encoding, sinusoid_table
 from .record import record_gradients
 
 __all__ = ["draw_graph", "record_gradients", "explain", "RULES", "plot_attention", "plot_positional_encoding",
-           "sinusoid_table", "GraphvizNotInstalled", "draw_command", "build_example", "save_drawing", "EXAMPLES"]
+           "sinusoid_table", "GraphvizNotInstalled"]

@@ -11,7 +11,7 @@ from ..nn import Parameter
 from ..tensor import Tensor
 from . import record
 
-# op_name -> the local derivative rule, in the notation of functions.py: G = dL/d(output),
+# op_name -> the local derivative rule, in the notation of primitives.py: G = dL/d(output),
 # Y = the output, A and B the two inputs of a binary op, X the input of a unary one.
 RULES = {
     "Add": "dA = G, dB = G",

@@ -13,7 +13,7 @@ from .. import autograd, backend
 from ..autograd import Function
 from ..tensor import Tensor
 
-# The primitives whose backward sums a gradient back down to a smaller input (functions.unbroadcast).
+# The primitives whose backward sums a gradient back down to a smaller input (primitives.unbroadcast).
 BROADCASTING_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Where", "MaskedFill"})
 
 # node -> GradientRecord, filled only inside `record_gradients()`; weak, so it never keeps a graph alive

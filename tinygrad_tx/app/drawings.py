@@ -6,12 +6,12 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from .. import backend, nn
-from .. import functional as F
-from ..nn import Parameter
-from ..tensor import Tensor
-from .graph import GraphvizNotInstalled, draw_graph
-from .record import record_gradients
+from tinygrad_tx import backend, nn
+from tinygrad_tx import functional as F
+from tinygrad_tx.nn import Parameter
+from tinygrad_tx.tensor import Tensor
+from tinygrad_tx.viz.graph import GraphvizNotInstalled, draw_graph
+from tinygrad_tx.viz.record import record_gradients
 
 EXAMPLES = ("mlp", "attention", "encoder-layer", "decoder-layer", "transformer")
 FORMATS = ("svg", "png", "pdf", "dot")
@@ -74,7 +74,7 @@ def _attention_head(rng) -> Example:
 
 def _transformer_module():
     try:
-        from models import transformer
+        from tinygrad_tx.models import transformer
     except ImportError as e:
         raise RuntimeError("drawing encoder-layer, decoder-layer or transformer needs the models package "
                            f"(models/transformer.py), which could not be imported: {e}") from e

@@ -18,7 +18,14 @@ import json
 import os
 import sys
 
-from . import data
+from tinygrad_tx import viz
+
+from . import drawings, tasks
+from .checkpoint import has_checkpoint, load_model, read_json
+from .config import CheckpointError, TrainConfig
+from .guide import build_guide, translate_and_attend
+from .train import train
+from .translate import Translator
 
 DEFAULT_MINUTES = 5
 DEMO_SENTENCES = ["ninety-seven", "one thousand, nine hundred and seventy-one", "two hundred and eighty thousand"]
@@ -39,7 +46,6 @@ def _explicit(args, names) -> dict:
 
 
 def cmd_train(args) -> int:
-    from .train import TrainConfig, has_checkpoint, read_json, train
     given = _explicit(args, ["task", "data", "valid", "config", "seed", "batch_size", "eval_every"])
     if args.char:
         given["level"] = "char"
@@ -70,7 +76,6 @@ def cmd_train(args) -> int:
 
 # ---------------------------------------------------------------------------- translate / evaluate
 def cmd_translate(args) -> int:
-    from .train import Translator
     texts = args.text or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
         raise CommandError("nothing to translate: give sentences as arguments or lines on stdin")
@@ -81,12 +86,11 @@ def cmd_translate(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .train import Translator, load_model
     cfg, vocab, model = load_model(args.checkpoint, args.device)
     if args.data is not None:
-        pairs = data.read_tsv(args.data)
+        pairs = tasks.read_tsv(args.data)
     else:
-        pairs = data.load_task(args.task, "test", seed=cfg.seed)   # the run's seed: held out from its training
+        pairs = tasks.load_task(args.task, "test", seed=cfg.seed)   # the run's seed: held out from its training
     metrics = Translator(model, vocab).evaluate(pairs, beam=args.beam, warn=_warn)
     _print_metrics(metrics, args.json, header=f"{len(pairs)} sentences, beam {args.beam}:")
     return 0
@@ -104,7 +108,6 @@ def _print_metrics(metrics: dict, as_json: bool, header: str = "") -> None:
 
 # ---------------------------------------------------------------------------- draw
 def cmd_draw(args) -> int:
-    from . import viz
     if args.attention or args.checkpoint or args.sentence:
         if not (args.attention and args.checkpoint and args.sentence):
             raise CommandError("attention pictures need --checkpoint RUN_DIR --sentence TEXT --attention --out DIR")
@@ -116,8 +119,8 @@ def cmd_draw(args) -> int:
             raise CommandError(f"draw: got two things to draw, {args.what!r} and --what {args.what_option!r}")
         args.what = args.what_option
     if args.what is None:
-        raise CommandError(f"draw: name what to draw ({', '.join(viz.EXAMPLES)}), or use --attention")
-    print(viz.draw_command(what=args.what, out=args.out, depth=args.depth, backward=args.backward))
+        raise CommandError(f"draw: name what to draw ({', '.join(drawings.EXAMPLES)}), or use --attention")
+    print(drawings.draw_command(what=args.what, out=args.out, depth=args.depth, backward=args.backward))
     return 0
 
 
@@ -125,9 +128,6 @@ def draw_attention(run_dir: str, sentence: str, out_dir: str, device: str | None
     """Translate `sentence`, then write the attention weights of every layer as heatmaps in out_dir:
     encoder self-attention, decoder self-attention and decoder cross-attention (one file each per layer).
     Returns the paths written."""
-    from . import viz
-    from .guide import translate_and_attend
-    from .train import load_model
     _cfg, vocab, model = load_model(run_dir, device)
     t = translate_and_attend(model, vocab, sentence)     # every layer's .attn now holds this sentence
     src_tokens, tgt_in_tokens, tgt_out_tokens = t.src_tokens, t.tgt_in_tokens, t.tgt_out_tokens
@@ -149,8 +149,6 @@ def draw_attention(run_dir: str, sentence: str, out_dir: str, device: str | None
 # ---------------------------------------------------------------------------- demo / bench
 def cmd_demo(args) -> int:
     """Train numbers-en-fr briefly, evaluate it, translate a few sentences, and draw pictures."""
-    from . import viz
-    from .train import TrainConfig, Translator, has_checkpoint, train
     out = args.out
     resume = has_checkpoint(out)
     print(f"1. training numbers-en-fr (config small) for {args.minutes} minutes into {out}"
@@ -158,7 +156,7 @@ def cmd_demo(args) -> int:
     train(TrainConfig(task="numbers-en-fr"), out, minutes=args.minutes, device=args.device, resume=resume)
     translator = Translator.load(out, args.device)
     print("2. evaluating on 1000 held-out numbers", file=sys.stderr)
-    test = data.load_task("numbers-en-fr", "test")
+    test = tasks.load_task("numbers-en-fr", "test")
     _print_metrics(translator.evaluate(test, warn=_warn), as_json=False, header="test set, greedy:")
     print("3. translating", file=sys.stderr)
     for src, tgt in zip(DEMO_SENTENCES, translator.translate(DEMO_SENTENCES, warn=_warn)):
@@ -167,8 +165,8 @@ def cmd_demo(args) -> int:
     pictures = os.path.join(out, "pictures")
     os.makedirs(pictures, exist_ok=True)
     try:
-        print("  " + viz.draw_command(what="encoder-layer", out=os.path.join(pictures, "encoder_layer.svg")))
-        print("  " + viz.draw_command(what="encoder-layer", out=os.path.join(pictures, "encoder_layer_backward.svg"),
+        print("  " + drawings.draw_command(what="encoder-layer", out=os.path.join(pictures, "encoder_layer.svg")))
+        print("  " + drawings.draw_command(what="encoder-layer", out=os.path.join(pictures, "encoder_layer_backward.svg"),
                                       backward=True))
     except (RuntimeError, ImportError, viz.GraphvizNotInstalled) as e:
         _warn(f"skipped the graph pictures: {e}")
@@ -188,7 +186,6 @@ def cmd_bench(argv) -> int:
 
 def cmd_guide(args) -> int:
     """Write docs/illustrated.md and its figures from a trained (or freshly trained) numbers-en-fr model."""
-    from .guide import build_guide
     print(build_guide(args.out, steps=args.steps, minutes=args.minutes, checkpoint=args.checkpoint,
                       quick=args.quick))
     return 0
@@ -203,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a translator (a generated task or a TSV file)")
     source = t.add_mutually_exclusive_group()
     source.add_argument("--task", help=f"generated task: copy, reverse, sort, numbers-SRC-TGT "
-                                       f"(default {data.DEFAULT_TASK})")
+                                       f"(default {tasks.DEFAULT_TASK})")
     source.add_argument("--data", help="training pairs, one 'source<TAB>target' per line")
     t.add_argument("--valid", help="validation pairs (TSV); default: hold out up to 1000 training pairs")
     t.add_argument("--out", required=True, help="the run directory (checkpoint, vocab, metrics)")
@@ -268,14 +265,13 @@ COMMANDS = {"train": cmd_train, "translate": cmd_translate, "evaluate": cmd_eval
 
 
 def main(argv=None) -> int:
-    from .train import CheckpointError
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":             # the benchmark parses its own options
         return cmd_bench(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (CommandError, data.DataError, CheckpointError, RuntimeError, ValueError, OSError) as e:
+    except (CommandError, tasks.DataError, CheckpointError, RuntimeError, ValueError, OSError) as e:
         if os.environ.get("TX_DEBUG"):         # show the traceback
             raise
         print(f"tinygrad-tx {args.command}: error: {e}", file=sys.stderr)

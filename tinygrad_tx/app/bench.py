@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 
-from . import backend
+from tinygrad_tx import backend
 
 
 @dataclass
@@ -76,7 +76,7 @@ def make_batch(c: BenchConfig, seed=0):
 # ---------------------------------------------------------------------------- the two frameworks
 def tx_setup(c: BenchConfig, seed=0):
     import tinygrad_tx as tx
-    from models.transformer import Transformer, TransformerConfig
+    from tinygrad_tx.models.transformer import Transformer, TransformerConfig
     tx.manual_seed(seed)
     model = Transformer(TransformerConfig(src_vocab=c.vocab, tgt_vocab=c.vocab, d_model=c.d_model, n_heads=c.n_heads,
                                           d_ff=c.d_ff, n_layers=c.n_layers, dropout=0.0, pad_id=PAD))
@@ -195,7 +195,7 @@ def peak_memory_child(framework: str, config: str, steps: int) -> None:
 
 
 def peak_memory(framework: str, config: str, steps: int = 2) -> int:
-    out = subprocess.run([sys.executable, "-m", "tinygrad_tx.bench", "--memory-child", framework, config, str(steps)],
+    out = subprocess.run([sys.executable, "-m", "tinygrad_tx.app.bench", "--memory-child", framework, config, str(steps)],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_step_bytes"]
 
@@ -203,7 +203,7 @@ def peak_memory(framework: str, config: str, steps: int = 2) -> int:
 def time_decoding(c: BenchConfig, sentences=64, max_len=None, repeats=3):
     """Greedy decoding of `sentences` sources with and without the key/value cache (seconds, median)."""
     import tinygrad_tx as tx
-    from models.decoding import greedy_decode
+    from tinygrad_tx.models.decoding import greedy_decode
     model, _ = tx_setup(c)
     model.eval()
     src = tx.Tensor(make_batch(replace(c, batch=sentences), seed=1)[0])

@@ -26,9 +26,18 @@ from dataclasses import dataclass
 
 import tinygrad_tx as tx
 
-from . import backend, data, viz
-from .nn import Parameter
-from .viz.plots import _figure, _save
+from tinygrad_tx import autograd, backend, primitives, viz
+from tinygrad_tx.nn import Parameter
+from tinygrad_tx.serialization import atomic_write_text
+from tinygrad_tx.viz.plots import _figure, _save
+
+from . import drawings, tasks
+from . import vocab as vocab_module
+from .checkpoint import has_checkpoint, load_model
+from .config import TrainConfig
+from .train import train
+from .translate import Translator
+from .vocab import EOS, PairVocab
 
 TASK = "numbers-en-fr"
 SENTENCE = "nine hundred and seventy-one"          # the guide's running example
@@ -50,7 +59,7 @@ def _log(message: str) -> None:
 @dataclass
 class TrainedModel:
     model: object              # models.transformer.Transformer, in eval mode
-    vocab: data.PairVocab
+    vocab: PairVocab
     summary: str               # how it was trained, in one sentence of markdown
     steps: int | None          # training steps of the run (None: unknown)
     test_pairs: list           # held-out (english, french) pairs to report exact match on
@@ -58,11 +67,10 @@ class TrainedModel:
 
 def _quick_config(folder: str):
     """A TrainConfig for a tiny model on TSV slices of the task (written into `folder`)."""
-    from .train import TrainConfig
     paths = {}
     for split in ("train", "valid"):
         paths[split] = os.path.join(folder, f"{split}.tsv")
-        data.write_tsv(data.load_task(TASK, split, size=QUICK_PAIRS[split]), paths[split])
+        tasks.write_tsv(tasks.load_task(TASK, split, size=QUICK_PAIRS[split]), paths[split])
     return TrainConfig(task=None, data=paths["train"], valid=paths["valid"], model=dict(QUICK_MODEL),
                        eval_every=QUICK_STEPS)
 
@@ -94,7 +102,6 @@ def load_or_train(checkpoint: str | None = None, steps: int | None = None, minut
     """The guide's model. A `checkpoint` run directory that holds a trained run is loaded as it is;
     otherwise a model is trained (into `checkpoint`, kept for the next build, or into a temporary
     directory), for `steps` or `minutes` (default: 3 minutes, or a few steps when `quick`)."""
-    from .train import TrainConfig, has_checkpoint, load_model, train
     test_size = QUICK_PAIRS["test"] if quick else TEST_PAIRS
     with tempfile.TemporaryDirectory(prefix="tinygrad-tx-guide-") as tmp:
         run_dir = checkpoint or os.path.join(tmp, "run")
@@ -118,7 +125,7 @@ def load_or_train(checkpoint: str | None = None, steps: int | None = None, minut
     if unknown:
         raise ValueError(f"the guide needs a {TASK} model, but the checkpoint's source vocabulary lacks "
                          f"{sorted(set(unknown))} (words of its examples)")
-    test_pairs = data.load_task(TASK, "test", seed=cfg.seed, size=test_size)
+    test_pairs = tasks.load_task(TASK, "test", seed=cfg.seed, size=test_size)
     return TrainedModel(model, vocab, summary, steps_done, test_pairs)
 
 
@@ -137,12 +144,11 @@ class Translation:
 def translate_and_attend(model, vocab, sentence: str) -> Translation:
     """Translate greedily, then run the model once more on its own translation (teacher forcing), so
     that every MultiHeadAttention keeps the weights of this sentence in `.attn`."""
-    from .train import Translator
     translator = Translator(model, vocab)
     src_ids = vocab.encode_source(sentence)
     out_ids = translator.decode_ids([src_ids])[0]
-    if data.EOS in out_ids:
-        out_ids = out_ids[:out_ids.index(data.EOS) + 1]
+    if EOS in out_ids:
+        out_ids = out_ids[:out_ids.index(EOS) + 1]
     with tx.no_grad():
         model.eval()
         src = tx.Tensor([src_ids], dtype=tx.int64, device=translator.model_device)
@@ -208,7 +214,7 @@ def one_head(attention, x, head: int, mask=None):
         (output (T, d_k), weights (T, T), the named leaves and Q, K, V: keep them alive while drawing,
         so the drawing shows their names and values).
     """
-    from models.attention import scaled_dot_product_attention
+    from tinygrad_tx.models.attention import scaled_dot_product_attention
     cols = slice(head * attention.d_k, (head + 1) * attention.d_k)
     named, projected = [], {}
     for name, proj in (("Q", attention.q_proj), ("K", attention.k_proj), ("V", attention.v_proj)):
@@ -321,7 +327,7 @@ def _host(values):
 def _draw(graph, path: str) -> str:
     """Render a drawing to PNG. Without Graphviz's `dot`, save_drawing writes the .dot file instead and
     says how to install Graphviz; the guide cannot go on without its pictures."""
-    if viz.save_drawing(graph, path) != path:
+    if drawings.save_drawing(graph, path) != path:
         raise viz.GraphvizNotInstalled(f"the guide needs Graphviz's `dot` to draw {os.path.basename(path)}")
     return path
 
@@ -366,7 +372,7 @@ class _Guide:
 
     def encoder_mask(self):
         """(1, T) bool, True at every key a query may attend to (one sentence: every token)."""
-        from models.transformer import padding_mask
+        from tinygrad_tx.models.transformer import padding_mask
         src = tx.Tensor([self.example.src_ids], dtype=tx.int64, device=self.x.device)
         mask = padding_mask(src, self.model.config.pad_id).reshape(1, len(self.example.src_ids))  # (1, T)
         mask.name = "padding mask"
@@ -393,7 +399,7 @@ def _tokens_table(tokens, ids) -> str:
 
 
 def _section_tokens(g: _Guide) -> str:
-    from models import transformer
+    from tinygrad_tx.models import transformer
     ex, vocab, model = g.example, g.vocab, g.model
     d_model = model.config.d_model
     emb = g.x.numpy()
@@ -406,7 +412,7 @@ def _section_tokens(g: _Guide) -> str:
     words = vocab.tokenizer.tokenize(SENTENCE)
     return f"""## 1. Tokenization and embedding
 
-The model reads words as numbers. The tokenizer ({g.source(data, 'Tokenizer')}) splits the sentence
+The model reads words as numbers. The tokenizer ({g.source(vocab_module, 'Tokenizer')}) splits the sentence
 into words and punctuation, and hyphens become tokens of their own so that `seventy` is one entry
 of the vocabulary, not one per compound. The encoder also gets an end-of-sentence token `<eos>`:
 
@@ -426,7 +432,7 @@ looking the sentence up gives a `({len(ex.src_ids)}, {d_model})` matrix. As in t
 
 
 def _section_positions(g: _Guide) -> str:
-    from models import transformer
+    from tinygrad_tx.models import transformer
     model, ex = g.model, g.example
     d_model, T = model.config.d_model, len(ex.src_ids)
     viz.plot_positional_encoding(64, d_model, g.figure("positional_encoding.png"))
@@ -479,7 +485,7 @@ gives different outputs: the layer now knows the order.
 
 
 def _section_self_attention(g: _Guide) -> str:
-    from models import attention as attention_module
+    from tinygrad_tx.models import attention as attention_module
     model, ex = g.model, g.example
     layer_attn = model.encoder.layers[0].self_attn
     mask = g.encoder_mask()
@@ -557,7 +563,7 @@ each learned its own W^Q and W^K, so each asks its own question of the tokens.
 
 
 def _section_encoder_layer(g: _Guide) -> str:
-    from models import transformer
+    from tinygrad_tx.models import transformer
     layer = g.model.encoder.layers[0]
     xb, mask = g.layer_inputs()
     out = layer(xb, mask)
@@ -578,7 +584,7 @@ module in its own cluster (`self_attn` with its four Linears, `linear1`, `linear
 
 
 def _section_decoder(g: _Guide) -> str:
-    from models import transformer
+    from tinygrad_tx.models import transformer
     model, ex = g.model, g.example
     T = len(ex.tgt_in_tokens)
     mask = transformer.causal_mask(T)
@@ -655,7 +661,6 @@ def _explain_text() -> str:
 
 
 def _section_autodiff(g: _Guide) -> str:
-    from . import autograd, functions
     attn = g.model.encoder.layers[0].self_attn
     out, _weights, named = one_head(attn, g.x, 0, g.encoder_mask())
     loss = (out * out).mean()
@@ -690,7 +695,7 @@ the loss. The backward pass finds this out on its own.
 {_code(_explain_text())}
 
 The engine behind this is short enough to read in one sitting: {g.source(autograd)} (the graph node
-and the backward walk) and {g.source(functions)} (every primitive with its derivative).
+and the backward walk) and {g.source(primitives)} (every primitive with its derivative).
 {g.autodiff_link}
 """
 
@@ -700,7 +705,6 @@ SECTIONS = (_section_tokens, _section_positions, _section_self_attention, _secti
 
 
 def _translations_table(trained: TrainedModel, example: Translation) -> tuple[str, dict]:
-    from .train import Translator
     translator = Translator(trained.model, trained.vocab)
     metrics = translator.evaluate(trained.test_pairs, warn=lambda m: None)
     shown = trained.test_pairs[:5]
@@ -758,6 +762,6 @@ The running example is **{SENTENCE}**, which the model translates as **{g.exampl
 """
     text = "\n".join([header] + parts)
     path = os.path.join(out_dir, "illustrated.md")
-    data.atomic_write_text(path, text)
+    atomic_write_text(path, text)
     _log(f"wrote {path} and {len(g.figures)} figures in {g.fig_dir}")
     return path

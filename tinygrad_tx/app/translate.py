@@ -1,0 +1,76 @@
+"""A trained model with its vocabulary: text in, text out, and the scores of a translation."""
+from __future__ import annotations
+
+import warnings
+
+from tinygrad_tx.models.decoding import beam_search, greedy_decode
+
+from . import batching
+from .checkpoint import load_model
+from .vocab import BOS, EOS, PairVocab
+
+# ---------------------------------------------------------------------------- metrics
+def score(hypotheses: list[str], references: list[str]) -> dict:
+    """exact_match (% of sentences identical to the reference), corpus BLEU and chrF (sacrebleu)."""
+    import sacrebleu
+    if len(hypotheses) != len(references):
+        raise ValueError(f"score: {len(hypotheses)} hypotheses for {len(references)} references")
+    if not references:
+        raise ValueError("score: nothing to score (no references)")
+    exact = sum(h == r for h, r in zip(hypotheses, references))
+    return {"exact_match": 100.0 * exact / len(references),
+            "bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
+            "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score}
+
+
+# ---------------------------------------------------------------------------- translating
+class Translator:
+    """A trained model with its vocabulary: text in, text out (greedy or beam search)."""
+
+    def __init__(self, model, vocab: PairVocab, batch_size: int = 64):
+        self.model, self.vocab, self.batch_size = model, vocab, batch_size
+
+    @classmethod
+    def load(cls, run_dir: str, device: str | None = None) -> Translator:
+        _cfg, vocab, model = load_model(run_dir, device)
+        return cls(model, vocab)
+
+    def decode_len(self, src_len: int) -> int:
+        """The longest output (BOS included) for a source of src_len tokens: generous, within max_len."""
+        return min(self.model.config.max_len, 2 * src_len + 16)
+
+    def decode_ids(self, src_ids: list[list[int]], beam: int = 1) -> list[list[int]]:
+        """Output token ids per source (BOS..EOS/padding included), batched by similar length."""
+        lengths = [len(s) for s in src_ids]
+        out = [None] * len(src_ids)
+        for rows in batching.batch_order(lengths, self.batch_size, shuffle=False):
+            batch = batching.collate([(src_ids[i], [BOS, EOS]) for i in rows], self.model_device)
+            max_len = self.decode_len(batch.src.shape[1])
+            if beam <= 1:
+                ys = greedy_decode(self.model, batch.src, max_len, BOS, EOS)
+            else:
+                ys = beam_search(self.model, batch.src, beam_size=beam, max_len=max_len, bos_id=BOS, eos_id=EOS)
+            for i, row in zip(rows, ys.tolist()):
+                out[i] = row
+        return out
+
+    @property
+    def model_device(self) -> str:
+        return next(iter(self.model.parameters())).device
+
+    def translate(self, texts: list[str], beam: int = 1, warn=None) -> list[str]:
+        """Translate sentences. Source tokens missing from the vocabulary become <unk>, with a warning
+        (`warn(message)`, default warnings.warn)."""
+        unknown: list[str] = []
+        src_ids = [self.vocab.encode_source(t, unknown) for t in texts]
+        if unknown:
+            message = (f"{len(unknown)} source token(s) not in the vocabulary, translated as <unk>: "
+                       + ", ".join(repr(t) for t in dict.fromkeys(unknown)))
+            (warn or (lambda m: warnings.warn(m, stacklevel=2)))(message)
+        return [self.vocab.decode_target(ids) for ids in self.decode_ids(src_ids, beam)]
+
+    def evaluate(self, pairs, beam: int = 1, warn=None) -> dict:
+        """exact_match, bleu and chrf of translating the sources against the (normalised) targets."""
+        hypotheses = self.translate([s for s, _ in pairs], beam, warn)
+        references = [self.vocab.tokenizer.normalize(t) for _, t in pairs]
+        return score(hypotheses, references)
