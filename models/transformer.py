@@ -230,7 +230,7 @@ def _xavier_uniform_(p):
     torch.nn.Transformer initialise every matrix."""
     fan_out, fan_in = p.shape[0], p.shape[1]
     bound = math.sqrt(6.0 / (fan_in + fan_out))
-    values = tx.backend.rng(p.device).uniform(-bound, bound, size=p.shape)
+    values = tx.random.rng(p.device).uniform(-bound, bound, size=p.shape)
     p.data = tx.Tensor(values, dtype=p.dtype, device=p.device).data
 
 

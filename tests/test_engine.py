@@ -172,6 +172,54 @@ def test_graph_record_is_simple_to_walk():
     assert [n.op_name for n in autograd.topological_order(node)] == ["MatMul", "Softmax"]
 
 
+def test_backward_hook_sees_every_node_until_its_handle_is_removed():
+    x = tx.Tensor([1.0, 2.0], requires_grad=True)
+    seen = []
+    handle = autograd.register_backward_hook(lambda node, g, grads: seen.append((node.op_name, g.shape, len(grads))))
+    (x.exp() * x).sum().backward()
+    assert seen == [("Sum", (), 3), ("Mul", (2,), 2), ("Exp", (2,), 1)]   # Sum also gets axes, keepdims
+    handle.remove()
+    handle.remove()                                   # a second remove is harmless
+    (x * x).sum().backward()
+    assert len(seen) == 3
+    with autograd.register_backward_hook(lambda node, g, grads: seen.append(node.op_name)):
+        (x * 2.0).sum().backward()
+    (x * 2.0).sum().backward()                        # the block's hook is gone
+    assert seen[3:] == ["Sum", "Mul"]
+    with pytest.raises(TypeError, match="register_backward_hook: expected a callable"):
+        autograd.register_backward_hook(None)
+
+
+def test_the_same_hook_registered_twice_runs_twice_and_removes_once():
+    x = tx.Tensor([1.0], requires_grad=True)
+    calls = []
+
+    def hook(node, g, grads):
+        calls.append(node.op_name)
+
+    first, second = autograd.register_backward_hook(hook), autograd.register_backward_hook(hook)
+    x.sum().backward()
+    first.remove()
+    x.sum().backward()
+    second.remove()
+    assert calls == ["Sum", "Sum", "Sum"]
+
+
+def test_module_scope_tags_nodes_nests_and_survives_an_error():
+    x = tx.Tensor([1.0], requires_grad=True)
+    with autograd.module_scope("encoder"):
+        a = x * 2.0
+        with autograd.module_scope("encoder.layer0"):
+            b = a.exp()
+        c = b + 1.0
+    d = c.sum()
+    assert [n.scope for n in (a.grad_fn, b.grad_fn, c.grad_fn, d.grad_fn)] == ["encoder", "encoder.layer0",
+                                                                                "encoder", ""]
+    with pytest.raises(RuntimeError, match="boom"), autograd.module_scope("broken"):
+        raise RuntimeError("boom")
+    assert autograd.current_scope() == "" and (x * 1.0).grad_fn.scope == ""
+
+
 def test_softmax_is_stable_for_huge_logits(device):
     x = tx.Tensor([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4]], requires_grad=True, device=device)
     for out, ref in ((x.softmax(-1), torch.tensor(to_host(x)).softmax(-1)),

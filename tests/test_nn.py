@@ -223,7 +223,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     def write_half_then_fail(f, arrays):
         f.write(b"PK\x03\x04 half a zip")
         raise OSError("disk full")
-    monkeypatch.setattr(tx.backend, "write_npz", write_half_then_fail)
+    monkeypatch.setattr(tx.serialization, "write_npz", write_half_then_fail)
     with pytest.raises(OSError, match="disk full"):
         tx.save({"a": np.zeros(5)}, path)
     monkeypatch.undo()

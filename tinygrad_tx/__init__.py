@@ -7,6 +7,7 @@ of the models `tinygrad_tx.app` (tasks, vocabularies, batching, training, checkp
 the CLI, the benchmark and the guide builder). `import tinygrad_tx` loads neither.
 """
 from . import backend
+from . import random
 from .tensor import Tensor, where, cat, stack
 from .autograd import Function, no_grad, is_grad_enabled
 from . import primitives
@@ -15,6 +16,7 @@ from . import nn
 from . import optim
 from .serialization import save, load
 from .gradcheck import gradcheck, GradcheckError
+from .random import manual_seed
 from . import viz
 
 float32 = backend.float32
@@ -23,18 +25,13 @@ int64 = backend.int64
 bool_ = backend.bool_
 
 
-def manual_seed(seed: int) -> None:
-    """Seed the random generators used by initialisation and dropout, on every device."""
-    backend.manual_seed(seed)
-
-
 def cuda_available() -> bool:
     """True when CuPy imports and a GPU answers."""
     return backend.cuda_available()
 
 
 __all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "where", "cat", "stack", "manual_seed",
-           "gradcheck", "GradcheckError", "functional", "nn", "optim", "save", "load", "primitives", "backend",
+           "gradcheck", "GradcheckError", "functional", "nn", "optim", "save", "load", "primitives", "backend", "random",
            "viz", "cuda_available",
            "float32", "float64", "int64", "bool_"]
 __version__ = "0.1.0"

@@ -13,18 +13,27 @@ A node's record, which the drawing and `explain` code read and nothing more:
     node.scope              the dotted path of the Module that was running ('' at top level)
 Nodes point at their parents' *nodes*, not at the intermediate tensors, so an intermediate is
 freed as soon as the user drops it, and `backward()` frees the saved arrays as it goes.
+
+Two public hooks let the layers above watch the engine without keeping state in it:
+    with module_scope("encoder.layers.0"): ...      tag the nodes recorded inside (nn.Module.__call__)
+    handle = register_backward_hook(fn)             fn(node, grad_output, input_grads) after each
+    handle.remove()                                 node's backward (viz.record_gradients, viz.explain)
 """
 from __future__ import annotations
 
+import functools
+import itertools
 import re
+import sys
 import weakref
 
-from . import backend
+from . import backend, tensor
 from .tensor import Tensor
 
 _grad_enabled = True
-_scope: list[str] = []        # stack of module paths, pushed by nn.Module.__call__
-backward_hooks: list = []     # callables hook(node, grad_output, input_grads), for viz.explain
+_scope: list[str] = []          # stack of module paths; only module_scope pushes and pops it
+_backward_hooks: dict = {}      # handle id -> hook; only register_backward_hook and its handles touch it
+_hook_ids = itertools.count()
 
 
 def is_grad_enabled() -> bool:
@@ -45,8 +54,6 @@ class no_grad:
         return False
 
     def __call__(self, fn):
-        import functools
-
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             with no_grad():
@@ -54,8 +61,67 @@ class no_grad:
         return wrapper
 
 
+class module_scope:
+    """Context manager: every graph node recorded inside the block gets `node.scope = name`.
+
+    `nn.Module.__call__` wraps each forward in one, with the module's dotted path, so drawings can
+    cluster the graph by module. Scopes nest; the innermost one wins.
+    """
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self):
+        _scope.append(self.name)
+        return self
+
+    def __exit__(self, *exc):
+        _scope.pop()
+        return False
+
+
 def current_scope() -> str:
+    """The name of the innermost open module_scope ('' outside all of them)."""
     return _scope[-1] if _scope else ""
+
+
+class RemovableHandle:
+    """What `register_backward_hook` returns: `handle.remove()` unregisters the hook (as in torch).
+
+    It is also a context manager, so a hook can live exactly as long as a block:
+        with register_backward_hook(fn):
+            loss.backward()
+    """
+    __slots__ = ("id",)
+
+    def __init__(self, hook_id: int):
+        self.id = hook_id
+
+    def remove(self) -> None:
+        """Unregister the hook; removing twice is harmless."""
+        _backward_hooks.pop(self.id, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+        return False
+
+
+def register_backward_hook(hook) -> RemovableHandle:
+    """Call `hook(node, grad_output, input_grads)` after each node's backward, in every backward pass.
+
+    `node` is the graph node (a Function), `grad_output` the gradient array it received and
+    `input_grads` the tuple of arrays (or None) it returned, one per forward argument. The hook only
+    watches: what it returns is ignored. Hooks run in the order they were registered.
+    """
+    if not callable(hook):
+        raise TypeError(f"register_backward_hook: expected a callable, got {type(hook).__name__}")
+    handle = RemovableHandle(next(_hook_ids))
+    _backward_hooks[handle.id] = hook
+    return handle
 
 
 def _snake(name: str) -> str:
@@ -193,8 +259,8 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
         if len(input_grads) != len(node.parents):
             raise RuntimeError(f"{node.op}: backward returned {len(input_grads)} gradients for "
                                f"{len(node.parents)} forward arguments")
-        if backward_hooks:
-            for hook in backward_hooks:
+        if _backward_hooks:
+            for hook in tuple(_backward_hooks.values()):
                 hook(node, g, input_grads)
         if not retain_graph:
             node.saved_tensors = ()
@@ -213,3 +279,6 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
                 fresh = gi.base is None and gi is not g and id(gi) not in handed_out
                 handed_out.add(id(gi))
                 _accumulate_leaf(parent, gi, fresh)
+
+
+tensor.register_autograd(sys.modules[__name__])     # Tensor.backward calls backward() above

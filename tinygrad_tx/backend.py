@@ -1,7 +1,9 @@
-"""The array backends: NumPy on the CPU, CuPy on the GPU.
+"""The array backends: NumPy on the CPU, CuPy on the GPU. Devices, array modules and their dtypes only.
 
 This is the only module that names `numpy` or `cupy`. Every op asks for `xp`, the array module of
 the tensor it works on (Chainer's `get_array_module`), so one piece of code runs on both devices.
+Random generators live in random.py, the embedding's scatter-add beside Embedding in primitives.py,
+and .npz files in serialization.py.
 """
 from __future__ import annotations
 
@@ -126,82 +128,3 @@ def finfo(d):
 
 def is_floating(d) -> bool:
     return numpy.issubdtype(d, numpy.floating)
-
-
-# ---------------------------------------------------------------------------- randomness
-_rngs: dict = {}
-
-
-def manual_seed(seed: int) -> None:
-    """Seed every device's generator; later draws (init, dropout) are then reproducible."""
-    _rngs["cpu"] = numpy.random.default_rng(seed)
-    if _cupy:
-        _rngs["cuda"] = _cupy.random.default_rng(seed)
-
-
-def rng(device: str = "cpu"):
-    """The generator of a device (created unseeded on first use)."""
-    if device not in _rngs:
-        _rngs[device] = get_xp(device).random.default_rng()
-    return _rngs[device]
-
-
-def rng_for_check(seed: int):
-    """A private generator for tests and gradcheck, leaving the global one untouched."""
-    return numpy.random.default_rng(seed)
-
-
-def host_zeros(shape, dtype=float64):
-    return numpy.zeros(shape, dtype=dtype)
-
-
-def rng_state() -> dict:
-    """The CPU generator's state as plain JSON-able data (for exact resume)."""
-    return rng("cpu").bit_generator.state
-
-
-def set_rng_state(state: dict) -> None:
-    g = numpy.random.default_rng()
-    g.bit_generator.state = state
-    _rngs["cpu"] = g
-
-
-# ---------------------------------------------------------------------------- scatter-add
-def index_add_rows(dst, index, src):
-    """dst[index[i]] += src[i] for every i, summing repeated indices (the embedding backward).
-
-    The plain version is `xp.add.at(dst, index, src)`, which NumPy runs one row at a time. We sort
-    the indices instead and sum each run of equal ids with one `add.reduceat`.
-    """
-    xp = array_module(dst)
-    if xp is not numpy:
-        import cupyx  # only on the GPU path, which has CuPy already
-        cupyx.scatter_add(dst, index, src)
-        return dst
-    if index.size == 0:
-        return dst
-    order = numpy.argsort(index, kind="stable")
-    sorted_index = index[order]
-    starts = numpy.flatnonzero(numpy.r_[True, sorted_index[1:] != sorted_index[:-1]])
-    dst[sorted_index[starts]] += numpy.add.reduceat(src[order], starts, axis=0)
-    return dst
-
-
-# ---------------------------------------------------------------------------- .npz files
-def write_npz(file, arrays: dict) -> None:
-    """Write name -> host array into an open binary file as an uncompressed .npz.
-
-    Like numpy.savez, but any name is allowed (savez reserves 'file' and 'allow_pickle') and
-    object arrays are refused instead of pickled.
-    """
-    import zipfile
-    with zipfile.ZipFile(file, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for name, arr in arrays.items():
-            with zf.open(name + ".npy", mode="w", force_zip64=True) as f:
-                numpy.lib.format.write_array(f, numpy.asanyarray(arr), allow_pickle=False)
-
-
-def read_npz(path) -> dict:
-    """Read an .npz into a dict of NumPy arrays, in file order; never unpickles."""
-    with numpy.load(path, allow_pickle=False) as npz:
-        return {name: npz[name] for name in npz.files}

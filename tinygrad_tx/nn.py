@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 
-from . import autograd, backend
+from . import autograd, backend, random
 from . import functional as F
 from .tensor import Tensor, where
 
@@ -70,11 +70,8 @@ class Module:
 
     def __call__(self, *args, **kwargs):
         # Record the module path on every graph node made inside forward (for viz clusters).
-        autograd._scope.append(self._path or type(self).__name__)
-        try:
+        with autograd.module_scope(self._path or type(self).__name__):
             return self.forward(*args, **kwargs)
-        finally:
-            autograd._scope.pop()
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
@@ -246,7 +243,7 @@ class Sequential(ModuleList):
 def _uniform(shape, bound, device=None):
     """U(-bound, bound) in float32 from the engine's seeded generator."""
     device = backend.check_device(device)
-    return backend.rng(device).uniform(-bound, bound, size=shape).astype(backend.float32)
+    return random.rng(device).uniform(-bound, bound, size=shape).astype(backend.float32)
 
 
 class Linear(Module):
@@ -274,7 +271,7 @@ class Embedding(Module):
         super().__init__()
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
         device = backend.check_device(device)
-        w = backend.rng(device).standard_normal((num_embeddings, embedding_dim)).astype(backend.float32)
+        w = random.rng(device).standard_normal((num_embeddings, embedding_dim)).astype(backend.float32)
         if padding_idx is not None:
             if not -num_embeddings <= padding_idx < num_embeddings:
                 raise ValueError(f"Embedding: padding_idx {padding_idx} out of range for {num_embeddings} rows")

@@ -19,7 +19,9 @@ backward returns dL/d(input) for every forward argument (None for non-tensor arg
 """
 from __future__ import annotations
 
-from . import backend, kernels
+import sys
+
+from . import backend, kernels, random, tensor
 from .autograd import Function
 
 
@@ -494,7 +496,7 @@ class Dropout(Function):
     # y = x * m / (1 - p), m ~ Bernoulli(1 - p)      dx = g * m / (1 - p)
     @staticmethod
     def forward(ctx, x, p):
-        keep = backend.rng(backend.device_of(x)).random(x.shape, dtype=x.dtype) >= p
+        keep = random.rng(backend.device_of(x)).random(x.shape, dtype=x.dtype) >= p
         scale = (keep * (1.0 / (1.0 - p))).astype(x.dtype, copy=False)
         ctx.save_for_backward(scale)
         return x * scale
@@ -550,6 +552,26 @@ class LayerNorm(Function):
 
 
 # =============================================================================== lookup
+def index_add_rows(dst, index, src):
+    """dst[index[i]] += src[i] for every i, summing repeated indices (the embedding backward).
+
+    The plain version is `xp.add.at(dst, index, src)`. The GPU runs it with atomic adds, but NumPy
+    runs it one row at a time, so on the CPU we sort the indices instead and sum each run of equal
+    ids with one `add.reduceat`.
+    """
+    xp = backend.array_module(dst)
+    if backend.device_of(dst) != "cpu":
+        xp.add.at(dst, index, src)
+        return dst
+    if index.size == 0:
+        return dst
+    order = xp.argsort(index, kind="stable")
+    sorted_index = index[order]
+    run_starts = xp.flatnonzero(xp.concatenate(([True], sorted_index[1:] != sorted_index[:-1])))
+    dst[sorted_index[run_starts]] += xp.add.reduceat(src[order], run_starts, axis=0)
+    return dst
+
+
 class Embedding(Function):
     # y[...] = W[idx[...]]     dW[k] = sum of g over every position where idx == k
     @staticmethod
@@ -569,7 +591,7 @@ class Embedding(Function):
         (idx,) = ctx.saved_tensors
         xp = backend.array_module(g)
         dw = xp.zeros(ctx.weight_shape, dtype=g.dtype)
-        backend.index_add_rows(dw, idx.reshape(-1), g.reshape(-1, ctx.weight_shape[-1]))
+        index_add_rows(dw, idx.reshape(-1), g.reshape(-1, ctx.weight_shape[-1]))
         return None, dw
 
 
@@ -637,3 +659,6 @@ class CrossEntropy(Function):
             dx -= s / C
         dx *= weight.astype(dx.dtype, copy=False)[:, None]
         return dx.reshape(ctx.shape), None, None, None, None
+
+
+tensor.register_primitives(sys.modules[__name__])     # Tensor's methods call the classes above

@@ -10,6 +10,7 @@ import json
 import numbers
 import os
 import uuid
+import zipfile
 from collections.abc import Mapping
 
 from . import backend
@@ -84,7 +85,7 @@ def save(state_dict, path) -> None:
             raise TypeError(f"save: keys must be strings, got {name!r} ({type(name).__name__})")
         arrays[name] = _host_array(name, value)
 
-    atomic_write(path, lambda f: backend.write_npz(f, arrays))
+    atomic_write(path, lambda f: write_npz(f, arrays))
 
 
 def load(path) -> dict:
@@ -93,4 +94,25 @@ def load(path) -> dict:
     Uses allow_pickle=False: a file holding pickled objects raises instead of running code.
     Scalars come back as 0-d arrays.
     """
-    return backend.read_npz(os.fspath(path))
+    return read_npz(os.fspath(path))
+
+
+# ---------------------------------------------------------------------------- .npz files
+# An .npz is a zip archive of .npy files, one per array: NumPy's own host format, whatever the device.
+def write_npz(file, arrays: dict) -> None:
+    """Write name -> host array into an open binary file as an uncompressed .npz.
+
+    Like numpy.savez, but any name is allowed (savez reserves 'file' and 'allow_pickle') and
+    object arrays are refused instead of pickled.
+    """
+    host = backend.get_xp("cpu")
+    with zipfile.ZipFile(file, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, arr in arrays.items():
+            with zf.open(name + ".npy", mode="w", force_zip64=True) as f:
+                host.lib.format.write_array(f, host.asanyarray(arr), allow_pickle=False)
+
+
+def read_npz(path) -> dict:
+    """Read an .npz into a dict of NumPy arrays, in file order; never unpickles."""
+    with backend.get_xp("cpu").load(path, allow_pickle=False) as npz:
+        return {name: npz[name] for name in npz.files}

@@ -1,14 +1,36 @@
 """The Tensor: a backend array, an optional gradient, and the graph node that produced it.
 
 Every differentiable method below is one line that calls a primitive from primitives.py
-(`Mul.apply(self, other)`), or a short composition of primitives. Nothing here computes a
+(`fn.Mul.apply(self, other)`), or a short composition of primitives. Nothing here computes a
 derivative: that lives beside each primitive's forward.
 """
 from __future__ import annotations
 
 import numbers
+import weakref
 
 from . import backend
+
+# ---------------------------------------------------------------------------- the layers above
+# Tensor's methods call the backward walk (`autograd.backward`) and the primitives (`fn.Mul.apply`).
+# Both of those modules are built on Tensor, so importing them here would make a cycle; the reading
+# order is tensor -> autograd -> primitives, and imports only run that way. Instead each of them
+# hands itself to this module as it loads (see the last line of autograd.py and of primitives.py).
+# `import tinygrad_tx` loads both, so every Tensor method works once the package is imported.
+autograd = None     # the module tinygrad_tx.autograd, set by register_autograd
+fn = None           # the module tinygrad_tx.primitives, set by register_primitives
+
+
+def register_autograd(module) -> None:
+    """Called once, by autograd.py as it loads: Tensor.backward runs `module.backward`."""
+    global autograd
+    autograd = module
+
+
+def register_primitives(module) -> None:
+    """Called once, by primitives.py as it loads: Tensor's methods call `module.Mul.apply` and the rest."""
+    global fn
+    fn = module
 
 
 def _infer_dtype(data):
@@ -126,7 +148,6 @@ class Tensor:
     def retain_grad(self):
         """Keep .grad on this intermediate tensor after backward (leaves always keep theirs)."""
         if self._ctx is not None:
-            import weakref
             self._ctx.retained = weakref.ref(self)
         return self
 
@@ -154,11 +175,8 @@ class Tensor:
     def cuda(self):
         return self.to("cuda")
 
-    def backward(self, grad=None, retain_graph=False, explain=False):
-        """Accumulate d(self)/d(leaf) into each leaf's .grad. `explain=True` narrates each step."""
-        if explain:
-            from . import viz
-            return viz.explain(self, grad=grad, retain_graph=retain_graph)
+    def backward(self, grad=None, retain_graph=False):
+        """Accumulate d(self)/d(leaf) into each leaf's .grad (`tx.viz.explain(self)` narrates it)."""
         autograd.backward(self, grad, retain_graph)
 
     def zero_grad(self):
@@ -477,6 +495,3 @@ def stack(tensors, axis=0):
         raise ValueError(f"stack: all tensors need the same shape, got {sorted(shapes)}")
     return cat([t.unsqueeze(axis) for t in tensors], axis=axis)
 
-
-from . import autograd  # noqa: E402  (autograd and primitives import Tensor from this module)
-from . import primitives as fn  # noqa: E402

@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 
-from tinygrad_tx import backend
+from tinygrad_tx import backend, random
 
 
 @dataclass
@@ -61,7 +61,7 @@ def forward_matmul_flops(c: BenchConfig) -> int:
 
 def make_batch(c: BenchConfig, seed=0):
     """Random source/target ids with ragged lengths (padding at the end), as host int64 arrays."""
-    rng = backend.rng_for_check(seed)
+    rng = random.generator(seed)
     src = rng.integers(3, c.vocab, (c.batch, c.seq))
     tgt = rng.integers(3, c.vocab, (c.batch, c.seq + 1))
     tgt[:, 0] = BOS
@@ -138,7 +138,7 @@ def torch_setup(c: BenchConfig, seed=0):
 # ---------------------------------------------------------------------------- measurements
 def gemm_gflops(n=1024, repeats=7):
     """The float32 GEMM rate NumPy reaches on this machine now (median of repeats)."""
-    rng = backend.rng_for_check(1)
+    rng = random.generator(1)
     a = rng.standard_normal((n, n)).astype(backend.float32)
     b = rng.standard_normal((n, n)).astype(backend.float32)
     a @ b

@@ -6,7 +6,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from tinygrad_tx import backend, nn
+from tinygrad_tx import backend, nn, random
 from tinygrad_tx import functional as F
 from tinygrad_tx.nn import Parameter
 from tinygrad_tx.tensor import Tensor
@@ -85,8 +85,8 @@ def build_example(what: str) -> Example:
     """Build the named example with fixed seeds: mlp | attention | encoder-layer | decoder-layer | transformer."""
     if what not in EXAMPLES:
         raise ValueError(f"draw: unknown example {what!r}; choose one of {', '.join(EXAMPLES)}")
-    backend.manual_seed(0)
-    rng = backend.rng_for_check(0)
+    random.manual_seed(0)
+    rng = random.generator(0)
     if what == "mlp":
         return _mlp(rng)
     if what == "attention":

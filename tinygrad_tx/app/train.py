@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 
 import tinygrad_tx as tx
-from tinygrad_tx import backend, optim
+from tinygrad_tx import backend, optim, random
 from tinygrad_tx import functional as F
 from tinygrad_tx.models.transformer import Transformer
 from tinygrad_tx.serialization import atomic_write_json, atomic_write_text, load, save
@@ -149,7 +149,7 @@ class Trainer:
         atomic_write_json(self._path("trainer.json"), {
             **dataclasses.asdict(self.state),
             "scheduler": self.scheduler.state_dict(),
-            "rng": backend.rng_state(),
+            "rng": random.rng_state(),
         })
 
     def _load_checkpoint(self):
@@ -162,7 +162,7 @@ class Trainer:
             self.optimizer.load_state_dict(load(self._path("optimizer.npz")))
             self.scheduler.load_state_dict(trainer["scheduler"])
             self.state = TrainerState(**{f.name: trainer[f.name] for f in dataclasses.fields(TrainerState)})
-            backend.set_rng_state(trainer["rng"])
+            random.set_rng_state(trainer["rng"])
         except (KeyError, ValueError, TypeError) as e:
             raise CheckpointError(f"cannot resume {self.run_dir}: {e}") from e
         if os.path.exists(self._path("metrics.jsonl")):

@@ -131,12 +131,8 @@ def explain(loss: Tensor, grad=None, retain_graph: bool = False) -> str:
     def remember_order(node, grad_output, input_grads):
         ran.append(node)
 
-    autograd.backward_hooks.append(remember_order)
-    try:
-        with record.record_gradients():
-            autograd.backward(loss, grad, retain_graph)
-    finally:
-        autograd.backward_hooks.remove(remember_order)
+    with autograd.register_backward_hook(remember_order), record.record_gradients():
+        autograd.backward(loss, grad, retain_graph)
 
     steps = {node: k for k, node in enumerate(ran, start=1)}
     lines = [f"Backward pass from a tensor of shape {fmt_shape(loss.shape)}: {len(ran)} steps.",

@@ -100,11 +100,8 @@ def record_gradients():
 
     Outside the block backward records nothing and costs nothing extra.
     """
-    autograd.backward_hooks.append(_record_hook)
-    try:
+    with autograd.register_backward_hook(_record_hook):
         yield
-    finally:
-        autograd.backward_hooks.remove(_record_hook)
 
 
 def recorded(node: Function) -> GradientRecord | None:
