@@ -117,14 +117,14 @@ def layer_norm_inputs(rng, dtype, shape, affine):
 def layer_norm_forward(rng, dtype, shape, affine):
     x, w, b, eps = layer_norm_inputs(rng, dtype, shape, affine)
     y = F.layer_norm(x, w, b if affine else None, eps)
-    xhat, rstd, _ = y._ctx.saved_tensors                  # what the primitive keeps for backward
+    xhat, rstd = y._ctx.saved_tensors[:2]                 # what the primitive keeps for backward
     return (x.numpy(), None if w is None else w.numpy(), None if not affine else b.numpy(), eps), (y.numpy(), xhat, rstd)
 
 
 def layer_norm_backward(rng, dtype, shape, affine):
     x, w, b, eps = layer_norm_inputs(rng, dtype, shape, affine)
     y = F.layer_norm(x, w, b, eps)
-    xhat, rstd, _ = y._ctx.saved_tensors
+    xhat, rstd = y._ctx.saved_tensors[:2]
     xhat, rstd = xhat.copy(), rstd.copy()                 # backward frees the saved arrays
     g = rng.standard_normal(shape).astype(dtype)
     y.backward(tensor(g))

@@ -1,5 +1,6 @@
 """One table for the primitives: each row is checked by finite differences (float64) and against torch,
-forward and backward, with a random upstream gradient, on every backend."""
+forward, backward and second derivatives (a create_graph backward differentiated again), with random
+upstream gradients, on every backend."""
 import numpy as np
 import pytest
 import torch
@@ -142,3 +143,39 @@ def test_float32_in_float32_out(name, fn, torch_fn, specs, device, rng):
     for t in txs:
         if t.requires_grad:
             assert t.grad.dtype == np.float32, f"{name}: gradient upcast to {t.grad.dtype}"
+
+
+@pytest.mark.parametrize("name,fn,torch_fn,specs", TABLE, ids=[row[0] for row in TABLE])
+def test_gradgradcheck(name, fn, torch_fn, specs, device, rng):
+    _, txs, _ = make_inputs(specs, rng, device)
+    assert tx.gradgradcheck(fn, txs)
+
+
+def second_derivatives(grad_fn, out, inputs, upstream, weights, make):
+    """d/d(inputs, upstream) of sum_i <d<out, upstream>/d input_i, w_i>, with either framework's grad."""
+    firsts = grad_fn(out, inputs, make(upstream), create_graph=True, allow_unused=True)
+    total = sum((g * make(w)).sum() for g, w in zip(firsts, weights) if g is not None)
+    return firsts, grad_fn(total, [*inputs, upstream], allow_unused=True)
+
+
+@pytest.mark.parametrize("name,fn,torch_fn,specs", TABLE, ids=[row[0] for row in TABLE])
+def test_second_derivative_matches_torch(name, fn, torch_fn, specs, device, rng):
+    """torch.autograd.grad(..., create_graph=True), then a second grad, with random upstream gradients."""
+    _, txs, ths = make_inputs(specs, rng, device)
+    t_in = [t for t in txs if t.requires_grad]
+    r_in = [r for r in ths if r.requires_grad]
+    out, ref = fn(*txs), torch_fn(*ths)
+    upstream = rng.standard_normal(ref.shape)
+    weights = [rng.standard_normal(r.shape) for r in r_in]
+    t_up = tx.Tensor(upstream, requires_grad=True, device=device)
+    r_up = torch.tensor(upstream, requires_grad=True)
+    t_first, t_second = second_derivatives(tx.grad, out, t_in, t_up, weights,
+                                           lambda a: a if isinstance(a, tx.Tensor) else tx.Tensor(a, device=device))
+    r_first, r_second = second_derivatives(torch.autograd.grad, ref, r_in, r_up, weights,
+                                           lambda a: a if isinstance(a, torch.Tensor) else torch.tensor(a))
+    for t, r in zip(t_first, r_first):
+        np.testing.assert_allclose(to_host(t), r.detach().numpy(), rtol=1e-9, atol=1e-12)
+    for t, r, x in zip(t_second, r_second, [*r_in, r_up]):
+        expected = np.zeros(x.shape) if r is None else r.numpy(force=True)   # None: torch found no dependence
+        got = np.zeros(x.shape) if t is None else to_host(t)
+        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)

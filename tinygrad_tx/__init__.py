@@ -9,13 +9,13 @@ the CLI, the benchmark and the guide builder). `import tinygrad_tx` loads neithe
 from . import backend
 from . import random
 from .tensor import Tensor, where, cat, stack
-from .autograd import Function, no_grad, is_grad_enabled
+from .autograd import Function, no_grad, is_grad_enabled, grad
 from . import primitives
 from . import functional
 from . import nn
 from . import optim
 from .serialization import save, load
-from .gradcheck import gradcheck, GradcheckError
+from .gradcheck import gradcheck, gradgradcheck, GradcheckError
 from .random import manual_seed
 from . import viz
 
@@ -31,7 +31,8 @@ def cuda_available() -> bool:
 
 
 __all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "where", "cat", "stack", "manual_seed",
-           "gradcheck", "GradcheckError", "functional", "nn", "optim", "save", "load", "primitives", "backend", "random",
+           "gradcheck", "gradgradcheck", "grad", "GradcheckError", "functional", "nn", "optim", "save", "load",
+           "primitives", "backend", "random",
            "viz", "cuda_available",
            "float32", "float64", "int64", "bool_"]
 __version__ = "0.1.0"

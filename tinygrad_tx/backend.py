@@ -7,6 +7,7 @@ and .npz files in serialization.py.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import numpy
@@ -108,6 +109,18 @@ def format_array(a, prefix=""):
 def as_array(a):
     """NumPy reductions return scalars such as numpy.float32: turn them back into 0-d arrays."""
     return numpy.asarray(a) if isinstance(a, numpy.generic) else a
+
+
+def erf(a):
+    """The error function, elementwise. NumPy has none: math.erf (the C library's, exact in float64)
+    is applied element by element on the CPU; on the GPU CuPy's own kernel runs."""
+    if array_module(a) is not numpy:
+        import cupyx.scipy.special  # only on the GPU path, which has CuPy already
+        return cupyx.scipy.special.erf(a)
+    a = numpy.asarray(a)
+    out = numpy.empty_like(a)
+    out.reshape(-1)[:] = [math.erf(v) for v in a.reshape(-1).tolist()]
+    return out
 
 
 # ---------------------------------------------------------------------------- dtypes

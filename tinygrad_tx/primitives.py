@@ -1,21 +1,33 @@
 """The primitive ops: the whole contract of the engine.
 
-Each primitive is one `Function` class with `forward` and `backward` side by side. Tensor methods,
-`tinygrad_tx.functional` and `models/` only compose these. Forward receives backend arrays; `xp`
-is their array module (NumPy or CuPy), so no op names either library.
+Each primitive is one `Function` class with `forward` and `backward` side by side, and its derivative
+in one line as `rule` (what `viz.explain` prints). Tensor methods, `tinygrad_tx.functional` and
+`models/` only compose these. Forward receives backend arrays; `xp` is their array module (NumPy or
+CuPy), so no op names either library.
 
 Contract (grouped as below):
-    elementwise    Add Sub Mul Div Neg Pow Exp Log Sqrt Tanh Sigmoid ReLU Abs Where Cast ToDevice
-    reduce         Sum Max
-    movement       Reshape Permute GetItem Cat
+    elementwise    Add Sub Mul Div Neg Pow Exp Log Sqrt Tanh Sigmoid ReLU Abs Sin Cos Erf Maximum Where
+                   Cast ToDevice BroadcastTo
+    reduce         Sum Max Min Cumsum
+    movement       Reshape Permute GetItem IndexAdd Cat
     matmul         MatMul
     softmax        Softmax LogSoftmax
     masking        MaskedFill Dropout
     normalization  LayerNorm
     lookup         Embedding
     loss           CrossEntropy
-Notation in the derivative comments: g is the gradient arriving from the output (dL/dy), and each
-backward returns dL/d(input) for every forward argument (None for non-tensor arguments).
+Convolutions and pooling are not part of the contract.
+
+Notation in the derivative comments: g (G in `rule`) is the gradient arriving from the output
+(dL/dy), and each backward returns dL/d(input) for every forward argument (None for non-tensor
+arguments).
+
+Every backward is written once and runs two ways (see `autograd.Function`): on raw arrays for an
+ordinary backward, and on Tensors, recorded, for `create_graph=True`, which makes every primitive
+differentiable any number of times. Arithmetic operators and the methods arrays and Tensors share
+(`.sum`, `.mean`, `.reshape`, indexing) work on both; for the rest, the helpers just below pick the
+array version or the primitive by their argument. A derivative that is no composition of existing
+primitives got a primitive of its own: BroadcastTo (the adjoint of Sum), IndexAdd (of GetItem).
 """
 from __future__ import annotations
 
@@ -23,6 +35,7 @@ import sys
 
 from . import backend, kernels, random, tensor
 from .autograd import Function
+from .tensor import Tensor
 
 
 def unbroadcast(grad, shape):
@@ -38,9 +51,88 @@ def unbroadcast(grad, shape):
     return grad.sum(axis=axes, keepdims=True).reshape(shape)
 
 
+# =============================================================================== helpers for backward
+# Each takes an array (computes at once, no graph) or a Tensor (applies the primitive, recorded).
+def value(x):
+    """The array inside a Tensor, or the array itself: for masks and counts, which are constants."""
+    return x.data if isinstance(x, Tensor) else x
+
+
+def exp(x):
+    return Exp.apply(x) if isinstance(x, Tensor) else backend.array_module(x).exp(x)
+
+
+def log(x):
+    return Log.apply(x) if isinstance(x, Tensor) else backend.array_module(x).log(x)
+
+
+def sqrt(x):
+    return Sqrt.apply(x) if isinstance(x, Tensor) else backend.array_module(x).sqrt(x)
+
+
+def sin(x):
+    return Sin.apply(x) if isinstance(x, Tensor) else backend.array_module(x).sin(x)
+
+
+def cos(x):
+    return Cos.apply(x) if isinstance(x, Tensor) else backend.array_module(x).cos(x)
+
+
+def where(cond, a, b):
+    """a where the constant bool array `cond` holds, else b (a or b may be a number)."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        ref = a if isinstance(a, Tensor) else b
+        a, b = (ref._operand(v) if not isinstance(v, Tensor) else v for v in (a, b))
+        return Where.apply(Tensor._make(value(cond), False, None), a, b)
+    xp = backend.array_module(cond)
+    return xp.where(cond, a, b)
+
+
+def broadcast_to(x, shape):
+    return BroadcastTo.apply(x, tuple(shape)) if isinstance(x, Tensor) else \
+        backend.array_module(x).broadcast_to(x, shape)
+
+
+def transpose(x, axes):
+    return Permute.apply(x, tuple(axes)) if isinstance(x, Tensor) else backend.array_module(x).transpose(x, axes)
+
+
+def swap_last(x):
+    """The two last axes exchanged (the matrix transpose of a batch of matrices)."""
+    axes = list(range(x.ndim))
+    axes[-1], axes[-2] = axes[-2], axes[-1]
+    return transpose(x, axes)
+
+
+def cast(x, dtype):
+    return Cast.apply(x, dtype) if isinstance(x, Tensor) else x.astype(dtype)
+
+
+def to_device(x, device):
+    return ToDevice.apply(x, device) if isinstance(x, Tensor) else backend.to_device(x, device)
+
+
+def index_add(g, shape, index):
+    """Zeros of `shape` with g added at `index` (the adjoint of indexing)."""
+    return IndexAdd.apply(g, tuple(shape), index) if isinstance(g, Tensor) else _index_add(g, shape, index)
+
+
+def cumsum(x, axis):
+    return Cumsum.apply(x, axis) if isinstance(x, Tensor) else backend.array_module(x).cumsum(x, axis=axis)
+
+
+def flip(x, axis):
+    """x reversed along one axis (basic indexing: a view of an array, a GetItem of a Tensor)."""
+    index = [slice(None)] * x.ndim
+    index[axis] = slice(None, None, -1)
+    return x[tuple(index)]
+
+
 # =============================================================================== elementwise
 class Add(Function):
     # y = a + b        dy/da = 1, dy/db = 1
+    rule = "dA = G, dB = G"
+
     @staticmethod
     def forward(ctx, a, b):
         ctx.shapes = a.shape, b.shape
@@ -54,6 +146,8 @@ class Add(Function):
 
 class Sub(Function):
     # y = a - b        dy/da = 1, dy/db = -1
+    rule = "dA = G, dB = -G"
+
     @staticmethod
     def forward(ctx, a, b):
         ctx.shapes = a.shape, b.shape
@@ -67,6 +161,8 @@ class Sub(Function):
 
 class Mul(Function):
     # y = a * b        dy/da = b, dy/db = a
+    rule = "dA = G * B, dB = G * A"
+
     @staticmethod
     def forward(ctx, a, b):
         ctx.save_for_backward(a, b)
@@ -82,6 +178,8 @@ class Mul(Function):
 
 class Div(Function):
     # y = a / b        dy/da = 1/b, dy/db = -a/b^2
+    rule = "dA = G / B, dB = -G * A / B^2"
+
     @staticmethod
     def forward(ctx, a, b):
         ctx.save_for_backward(a, b)
@@ -97,6 +195,8 @@ class Div(Function):
 
 class Neg(Function):
     # y = -x           dy/dx = -1
+    rule = "dX = -G"
+
     @staticmethod
     def forward(ctx, x):
         return -x
@@ -108,6 +208,8 @@ class Neg(Function):
 
 class Pow(Function):
     # y = a ** b       dy/da = b * a^(b-1),  dy/db = a^b * log(a)
+    rule = "dA = G * B * A^(B-1), dB = G * A^B * log(A)"
+
     @staticmethod
     def forward(ctx, a, b):
         y = a ** b
@@ -117,17 +219,18 @@ class Pow(Function):
     @staticmethod
     def backward(ctx, g):
         a, b, y = ctx.saved_tensors
-        xp = backend.array_module(a)
         ga = unbroadcast(g * b * a ** (b - 1), a.shape) if ctx.needs_input_grad[0] else None
         gb = None
         if ctx.needs_input_grad[1]:
-            safe_log = xp.log(xp.where(a > 0, a, 1))        # 0 where a <= 0, as torch
+            safe_log = log(where(value(a) > 0, a, 1))       # 0 where a <= 0, as torch
             gb = unbroadcast(g * y * safe_log, b.shape)
         return ga, gb
 
 
 class Exp(Function):
     # y = e^x          dy/dx = e^x = y   (keep the output: cheaper than recomputing)
+    rule = "dX = G * exp(X) = G * Y"
+
     @staticmethod
     def forward(ctx, x):
         y = backend.array_module(x).exp(x)
@@ -142,6 +245,8 @@ class Exp(Function):
 
 class Log(Function):
     # y = log x        dy/dx = 1/x
+    rule = "dX = G / X"
+
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
@@ -155,6 +260,8 @@ class Log(Function):
 
 class Sqrt(Function):
     # y = sqrt x       dy/dx = 1 / (2 sqrt x) = 1 / (2y)
+    rule = "dX = G / (2 sqrt(X)) = G / (2Y)"
+
     @staticmethod
     def forward(ctx, x):
         y = backend.array_module(x).sqrt(x)
@@ -169,6 +276,8 @@ class Sqrt(Function):
 
 class Tanh(Function):
     # y = tanh x       dy/dx = 1 - y^2
+    rule = "dX = G * (1 - Y^2)"
+
     @staticmethod
     def forward(ctx, x):
         y = backend.array_module(x).tanh(x)
@@ -183,6 +292,8 @@ class Tanh(Function):
 
 class Sigmoid(Function):
     # y = 1 / (1 + e^-x)      dy/dx = y (1 - y)
+    rule = "dX = G * Y * (1 - Y)"
+
     @staticmethod
     def forward(ctx, x):
         xp = backend.array_module(x)
@@ -199,6 +310,8 @@ class Sigmoid(Function):
 
 class ReLU(Function):
     # y = max(x, 0)    dy/dx = 1 where x > 0, else 0
+    rule = "dX = G where X > 0, else 0"
+
     @staticmethod
     def forward(ctx, x):
         y = backend.array_module(x).maximum(x, 0)
@@ -208,11 +321,13 @@ class ReLU(Function):
     @staticmethod
     def backward(ctx, g):
         (y,) = ctx.saved_tensors
-        return g * (y > 0)
+        return g * (value(y) > 0)
 
 
 class Abs(Function):
     # y = |x|          dy/dx = sign(x)   (0 at x = 0, as torch)
+    rule = "dX = G * sign(X)"
+
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
@@ -221,11 +336,80 @@ class Abs(Function):
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
-        return g * backend.array_module(x).sign(x)
+        sign = backend.array_module(value(x)).sign(value(x))
+        return g * sign
+
+
+class Sin(Function):
+    # y = sin x        dy/dx = cos x
+    rule = "dX = G * cos(X)"
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return backend.array_module(x).sin(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * cos(x)
+
+
+class Cos(Function):
+    # y = cos x        dy/dx = -sin x
+    rule = "dX = -G * sin(X)"
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return backend.array_module(x).cos(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return -g * sin(x)
+
+
+class Erf(Function):
+    # y = erf x = 2/sqrt(pi) * integral_0^x e^(-t^2) dt       dy/dx = 2/sqrt(pi) * e^(-x^2)
+    rule = "dX = G * 2/sqrt(pi) * exp(-X^2)"
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return backend.erf(x).astype(x.dtype, copy=False)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * (1.1283791670955126 * exp(-(x * x)))
+
+
+class Maximum(Function):
+    # y = max(a, b) elementwise    dy/da = 1 where a > b, 1/2 where a == b, else 0 (as torch); dy/db mirrors
+    rule = "dA = G where A > B (G/2 at ties), dB = G where B > A (G/2 at ties)"
+
+    @staticmethod
+    def forward(ctx, a, b):
+        xp = backend.array_module(a)
+        ctx.shapes = a.shape, b.shape
+        wins = (a > b) + 0.5 * (a == b)             # share of the gradient that a gets
+        ctx.save_for_backward(wins.astype(xp.result_type(a, b), copy=False))
+        return xp.maximum(a, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        (wins,) = ctx.saved_tensors
+        sa, sb = ctx.shapes
+        ga = unbroadcast(g * wins, sa) if ctx.needs_input_grad[0] else None
+        gb = unbroadcast(g * (1 - wins), sb) if ctx.needs_input_grad[1] else None
+        return ga, gb
 
 
 class Where(Function):
     # y = cond ? a : b       dy/da = cond, dy/db = not cond   (cond gets no gradient)
+    rule = "dA = G where cond, else 0; dB = G where not cond, else 0"
+
     @staticmethod
     def forward(ctx, cond, a, b):
         ctx.save_for_backward(cond)
@@ -235,16 +419,18 @@ class Where(Function):
     @staticmethod
     def backward(ctx, g):
         (cond,) = ctx.saved_tensors
-        xp = backend.array_module(g)
+        cond = value(cond)
+        zero = backend.array_module(cond).zeros((), dtype=g.dtype)
         sa, sb = ctx.shapes
-        zero = xp.zeros((), dtype=g.dtype)
-        ga = unbroadcast(xp.where(cond, g, zero), sa) if ctx.needs_input_grad[1] else None
-        gb = unbroadcast(xp.where(cond, zero, g), sb) if ctx.needs_input_grad[2] else None
+        ga = unbroadcast(where(cond, g, zero), sa) if ctx.needs_input_grad[1] else None
+        gb = unbroadcast(where(cond, zero, g), sb) if ctx.needs_input_grad[2] else None
         return None, ga, gb
 
 
 class Cast(Function):
     # y = x as another dtype      dy/dx = 1, cast back
+    rule = "dX = G cast back to X's dtype"
+
     @staticmethod
     def forward(ctx, x, dtype):
         ctx.in_dtype = x.dtype
@@ -252,11 +438,13 @@ class Cast(Function):
 
     @staticmethod
     def backward(ctx, g):
-        return g.astype(ctx.in_dtype), None
+        return cast(g, ctx.in_dtype), None
 
 
 class ToDevice(Function):
     # y = x on another device     dy/dx = 1, moved back
+    rule = "dX = G moved back to X's device"
+
     @staticmethod
     def forward(ctx, x, device):
         ctx.in_device = backend.device_of(x)
@@ -264,7 +452,22 @@ class ToDevice(Function):
 
     @staticmethod
     def backward(ctx, g):
-        return backend.to_device(g, ctx.in_device), None
+        return to_device(g, ctx.in_device), None
+
+
+class BroadcastTo(Function):
+    # y = x copied along new or size-1 axes up to `shape`     dx = g summed over those axes
+    # (the adjoint of Sum: each is the other's backward)
+    rule = "dX = G summed over the broadcast axes"
+
+    @staticmethod
+    def forward(ctx, x, shape):
+        ctx.in_shape = x.shape
+        return backend.array_module(x).broadcast_to(x, shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        return unbroadcast(g, ctx.in_shape), None
 
 
 # =============================================================================== reduce
@@ -277,6 +480,8 @@ def _expand_reduced(g, in_shape, axes, keepdims):
 
 class Sum(Function):
     # y = sum_i x_i    dy/dx_i = 1: the gradient is copied back to every summed element
+    rule = "dX = G copied back to every element that was summed"
+
     @staticmethod
     def forward(ctx, x, axes, keepdims):
         ctx.in_shape, ctx.axes, ctx.keepdims = x.shape, axes, keepdims
@@ -284,34 +489,68 @@ class Sum(Function):
 
     @staticmethod
     def backward(ctx, g):
-        xp = backend.array_module(g)
         g = _expand_reduced(g, ctx.in_shape, ctx.axes, ctx.keepdims)
-        return xp.broadcast_to(g, ctx.in_shape), None, None
+        return broadcast_to(g, ctx.in_shape), None, None
+
+
+def _extreme(ctx, x, axes, keepdims, largest):
+    """Forward of Max and Min: the reduction, plus the share of the gradient each element gets."""
+    if x.size == 0:
+        raise ValueError(f"{ctx.op} of an empty tensor")
+    y = x.max(axis=axes, keepdims=True) if largest else x.min(axis=axes, keepdims=True)
+    if ctx.recording:
+        hit = x == y
+        ctx.save_for_backward((hit / hit.sum(axis=axes, keepdims=True)).astype(x.dtype, copy=False))
+    ctx.axes, ctx.keepdims, ctx.in_shape = axes, keepdims, x.shape
+    return y if keepdims else y.reshape([n for i, n in enumerate(y.shape) if axes is not None and i not in axes])
+
+
+def _extreme_backward(ctx, g):
+    (share,) = ctx.saved_tensors
+    return _expand_reduced(g, ctx.in_shape, ctx.axes, ctx.keepdims) * share, None, None
 
 
 class Max(Function):
     # y = max_i x_i    dy/dx_i = 1 at the maximum (shared equally among ties), else 0
+    rule = "dX = G at the maximum (shared among ties), 0 elsewhere"
+
     @staticmethod
     def forward(ctx, x, axes, keepdims):
-        if x.size == 0:
-            raise ValueError("max of an empty tensor")
-        y = x.max(axis=axes, keepdims=True)
-        ctx.save_for_backward(x, y)
-        ctx.axes, ctx.keepdims = axes, keepdims
-        return y if keepdims else y.reshape([n for i, n in enumerate(y.shape) if axes is not None and i not in axes])
+        return _extreme(ctx, x, axes, keepdims, largest=True)
+
+    backward = staticmethod(_extreme_backward)
+
+
+class Min(Function):
+    # y = min_i x_i    dy/dx_i = 1 at the minimum (shared equally among ties), else 0
+    rule = "dX = G at the minimum (shared among ties), 0 elsewhere"
+
+    @staticmethod
+    def forward(ctx, x, axes, keepdims):
+        return _extreme(ctx, x, axes, keepdims, largest=False)
+
+    backward = staticmethod(_extreme_backward)
+
+
+class Cumsum(Function):
+    # y_i = sum_{j <= i} x_j along an axis      dx_j = sum_{i >= j} g_i: a cumulative sum run backwards
+    rule = "dX = reversed cumsum of reversed G along the axis"
+
+    @staticmethod
+    def forward(ctx, x, axis):
+        ctx.axis = axis
+        return backend.array_module(x).cumsum(x, axis=axis)
 
     @staticmethod
     def backward(ctx, g):
-        x, y = ctx.saved_tensors
-        is_max = x == y
-        count = is_max.sum(axis=ctx.axes, keepdims=True)
-        g = _expand_reduced(g, x.shape, ctx.axes, ctx.keepdims)
-        return (is_max * (g / count)).astype(x.dtype, copy=False), None, None
+        return flip(cumsum(flip(g, ctx.axis), ctx.axis), ctx.axis), None
 
 
 # =============================================================================== movement
 class Reshape(Function):
     # y = x viewed with another shape     dx = g viewed with x's shape
+    rule = "dX = G reshaped back to X's shape"
+
     @staticmethod
     def forward(ctx, x, shape):
         ctx.in_shape = x.shape
@@ -324,6 +563,8 @@ class Reshape(Function):
 
 class Permute(Function):
     # y = x with axes reordered           dx = g with the inverse order
+    rule = "dX = G with the axes put back (inverse permutation)"
+
     @staticmethod
     def forward(ctx, x, axes):
         ctx.axes = axes
@@ -334,7 +575,7 @@ class Permute(Function):
         inverse = [0] * len(ctx.axes)
         for i, a in enumerate(ctx.axes):
             inverse[a] = i
-        return backend.array_module(g).transpose(g, inverse), None
+        return transpose(g, inverse), None
 
 
 def _is_advanced(index):
@@ -343,8 +584,21 @@ def _is_advanced(index):
     return any(backend.is_array(p) or isinstance(p, list) for p in parts)
 
 
+def _index_add(g, shape, index):
+    """Zeros of `shape`, with g written at a basic index or added at an advanced one (repeats sum)."""
+    xp = backend.array_module(g)
+    dx = xp.zeros(shape, dtype=g.dtype)
+    if _is_advanced(index):
+        xp.add.at(dx, index, g)
+    else:
+        dx[index] = g
+    return dx
+
+
 class GetItem(Function):
     # y = x[index]     dx = zeros with g written (basic) or added (repeated integer indices) at index
+    rule = "dX = zeros of X's shape, G written (or added, for repeated indices) at the index"
+
     @staticmethod
     def forward(ctx, x, index):
         if backend.is_array(index) and backend.device_of(index) != backend.device_of(x):
@@ -354,17 +608,28 @@ class GetItem(Function):
 
     @staticmethod
     def backward(ctx, g):
-        xp = backend.array_module(g)
-        dx = xp.zeros(ctx.in_shape, dtype=g.dtype)
-        if _is_advanced(ctx.index):
-            xp.add.at(dx, ctx.index, g)
-        else:
-            dx[ctx.index] = g
-        return dx, None
+        return index_add(g, ctx.in_shape, ctx.index), None
+
+
+class IndexAdd(Function):
+    # y = zeros(shape) with x added at index      dx = g[index]
+    # (the adjoint of GetItem: GetItem's backward, and GetItem is its backward)
+    rule = "dX = G[index]"
+
+    @staticmethod
+    def forward(ctx, x, shape, index):
+        ctx.index = index
+        return _index_add(x, shape, index)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g[ctx.index], None, None
 
 
 class Cat(Function):
     # y = [x1, x2, ...] along axis        dx_i = the slice of g that x_i filled
+    rule = "dX_i = the slice of G that X_i filled"
+
     @staticmethod
     def forward(ctx, *xs, axis=0):
         xp = backend.array_module(xs[0])
@@ -387,6 +652,7 @@ class Cat(Function):
 class MatMul(Function):
     # Y = A @ B        dA = G @ B^T,  dB = A^T @ G   (batch axes broadcast, then unbroadcast)
     op = "matmul"
+    rule = "dA = G @ B^T, dB = A^T @ G"
 
     @staticmethod
     def forward(ctx, a, b):
@@ -400,11 +666,10 @@ class MatMul(Function):
     @staticmethod
     def backward(ctx, g):
         a, b = ctx.saved_tensors
-        xp = backend.array_module(g)
         ga = gb = None
         shared_weight = b.ndim == 2 and a.ndim > 2     # (..., n, k) @ (k, m): x @ W in every layer
         if ctx.needs_input_grad[0]:
-            bt = xp.swapaxes(b, -1, -2)
+            bt = swap_last(b)
             ga = _rows_matmul(g, bt) if shared_weight else unbroadcast(g @ bt, a.shape)
         if ctx.needs_input_grad[1]:
             if shared_weight:
@@ -412,7 +677,7 @@ class MatMul(Function):
                 # a sum over the batch (plain version: unbroadcast(A^T @ G, B.shape)).
                 gb = a.reshape(-1, a.shape[-1]).T @ g.reshape(-1, g.shape[-1])
             else:
-                gb = unbroadcast(xp.swapaxes(a, -1, -2) @ g, b.shape)
+                gb = unbroadcast(swap_last(a) @ g, b.shape)
         return ga, gb
 
 
@@ -426,6 +691,8 @@ def _rows_matmul(a, b):
 class Softmax(Function):
     # y_i = e^(x_i - m) / sum_j e^(x_j - m)   (m = max x: the same value, no overflow)
     # dx = y * (g - sum_j g_j y_j)
+    rule = "dX = Y * (G - sum(G * Y, axis))"
+
     @staticmethod
     def forward(ctx, x, axis):
         fused = kernels.lookup("softmax_forward", x, axis)      # on CuPy: one kernel for all of it
@@ -442,7 +709,7 @@ class Softmax(Function):
     @staticmethod
     def backward(ctx, g):
         (y,) = ctx.saved_tensors
-        fused = kernels.lookup("softmax_backward", y, ctx.axis)
+        fused = None if isinstance(g, Tensor) else kernels.lookup("softmax_backward", y, ctx.axis)
         if fused is not None:
             return fused(y, g), None
         gy = g * y
@@ -452,6 +719,8 @@ class Softmax(Function):
 class LogSoftmax(Function):
     # y_i = x_i - m - log sum_j e^(x_j - m)
     # dx = g - softmax(x) * sum_j g_j,  with softmax(x) = e^y
+    rule = "dX = G - softmax(X) * sum(G, axis)"
+
     @staticmethod
     def forward(ctx, x, axis):
         fused = kernels.lookup("log_softmax_forward", x, axis)  # on CuPy: one kernel for all of it
@@ -468,16 +737,17 @@ class LogSoftmax(Function):
     @staticmethod
     def backward(ctx, g):
         (y,) = ctx.saved_tensors
-        fused = kernels.lookup("log_softmax_backward", y, ctx.axis)
+        fused = None if isinstance(g, Tensor) else kernels.lookup("log_softmax_backward", y, ctx.axis)
         if fused is not None:
             return fused(y, g), None
-        xp = backend.array_module(g)
-        return g - xp.exp(y) * g.sum(axis=ctx.axis, keepdims=True), None
+        return g - exp(y) * g.sum(axis=ctx.axis, keepdims=True), None
 
 
 # =============================================================================== masking
 class MaskedFill(Function):
     # y = mask ? value : x     dx = g where the mask is False, else 0
+    rule = "dX = G where the mask is False, 0 where it is True"
+
     @staticmethod
     def forward(ctx, x, mask, value):
         xp = backend.array_module(x)
@@ -488,12 +758,15 @@ class MaskedFill(Function):
     @staticmethod
     def backward(ctx, g):
         (mask,) = ctx.saved_tensors
-        xp = backend.array_module(g)
-        return unbroadcast(xp.where(mask, xp.zeros((), dtype=g.dtype), g), ctx.in_shape), None, None
+        mask = value(mask)
+        zero = backend.array_module(mask).zeros((), dtype=g.dtype)
+        return unbroadcast(where(mask, zero, g), ctx.in_shape), None, None
 
 
 class Dropout(Function):
     # y = x * m / (1 - p), m ~ Bernoulli(1 - p)      dx = g * m / (1 - p)
+    rule = "dX = G * keep / (1 - p), the same kept positions as forward"
+
     @staticmethod
     def forward(ctx, x, p):
         keep = random.rng(backend.device_of(x)).random(x.shape, dtype=x.dtype) >= p
@@ -508,6 +781,13 @@ class Dropout(Function):
 
 
 # =============================================================================== normalization
+def _standardize(x, eps):
+    """(x - mean) / sqrt(var + eps) over the last axis, and 1/sqrt(var + eps): arrays or Tensors."""
+    centred = x - x.mean(axis=-1, keepdims=True)
+    rstd = 1.0 / sqrt((centred * centred).mean(axis=-1, keepdims=True) + eps)
+    return centred * rstd, rstd
+
+
 class LayerNorm(Function):
     # Over the last axis (n features):
     #   mu = mean x,  var = mean (x - mu)^2,  r = 1/sqrt(var + eps),  xh = (x - mu) r
@@ -515,34 +795,37 @@ class LayerNorm(Function):
     # Backward, with gh = g * w:
     #   dx = r * (gh - mean(gh) - xh * mean(gh * xh))
     #   dw = sum over rows of g * xh,  db = sum over rows of g
+    # With create_graph, xh and r are recomputed from x as Tensors, so the same lines are recorded
+    # and the second derivative reaches x through them.
+    rule = "dX = r (Gw - mean(Gw) - xh mean(Gw xh)), dw = sum(G xh), db = sum(G)  (xh = normalised X, r = 1/std)"
+
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
-        xp = backend.array_module(x)
         n = x.shape[-1]
         for name, p in (("weight", weight), ("bias", bias)):
             if p is not None and p.shape != (n,):
                 raise ValueError(f"{name} has shape {tuple(p.shape)} but the last axis of x has {n} features")
+        ctx.eps = eps
         fused = kernels.lookup("layer_norm_forward", x)         # on CuPy: one kernel for all of it
         if fused is not None:
             y, xhat, rstd = fused(x, weight, bias, eps)
-            ctx.save_for_backward(xhat, rstd, weight)
+            ctx.save_for_backward(xhat, rstd, weight, x)
             return y
-        mu = x.mean(axis=-1, keepdims=True)
-        centred = x - mu
-        var = (centred * centred).mean(axis=-1, keepdims=True)
-        rstd = 1.0 / xp.sqrt(var + eps)
-        xhat = centred * rstd
-        ctx.save_for_backward(xhat, rstd, weight)
+        xhat, rstd = _standardize(x, eps)
+        ctx.save_for_backward(xhat, rstd, weight, x)
         y = xhat if weight is None else xhat * weight
         return y if bias is None else y + bias
 
     @staticmethod
     def backward(ctx, g):
-        xhat, rstd, weight = ctx.saved_tensors
-        fused = kernels.lookup("layer_norm_backward", xhat)
-        if fused is not None:
-            dx, dw, db = fused(g, xhat, rstd, weight)
-            return dx, dw if ctx.needs_input_grad[1] else None, db if ctx.needs_input_grad[2] else None, None
+        xhat, rstd, weight, x = ctx.saved_tensors
+        if isinstance(g, Tensor):
+            xhat, rstd = _standardize(x, ctx.eps)
+        else:
+            fused = kernels.lookup("layer_norm_backward", xhat)
+            if fused is not None:
+                dx, dw, db = fused(g, xhat, rstd, weight)
+                return dx, dw if ctx.needs_input_grad[1] else None, db if ctx.needs_input_grad[2] else None, None
         gh = g if weight is None else g * weight
         dx = rstd * (gh - gh.mean(axis=-1, keepdims=True) - xhat * (gh * xhat).mean(axis=-1, keepdims=True))
         rows = tuple(range(g.ndim - 1))
@@ -574,6 +857,8 @@ def index_add_rows(dst, index, src):
 
 class Embedding(Function):
     # y[...] = W[idx[...]]     dW[k] = sum of g over every position where idx == k
+    rule = "dW[k] = sum of G over the positions whose index is k"
+
     @staticmethod
     def forward(ctx, idx, weight):
         if idx.dtype.kind not in "iu":
@@ -589,9 +874,11 @@ class Embedding(Function):
     @staticmethod
     def backward(ctx, g):
         (idx,) = ctx.saved_tensors
-        xp = backend.array_module(g)
-        dw = xp.zeros(ctx.weight_shape, dtype=g.dtype)
-        index_add_rows(dw, idx.reshape(-1), g.reshape(-1, ctx.weight_shape[-1]))
+        idx = value(idx)
+        if isinstance(g, Tensor):
+            return None, index_add(g, ctx.weight_shape, idx)
+        dw = backend.array_module(g).zeros(ctx.weight_shape, dtype=g.dtype)
+        index_add_rows(dw, idx.reshape(-1), g.reshape(-1, ctx.weight_shape[-1]))   # fast index_add
         return None, dw
 
 
@@ -600,8 +887,11 @@ class CrossEntropy(Function):
     # Per row i with target t, C classes, smoothing s, log-probabilities lp = log_softmax(x):
     #   loss_i = -(1 - s) lp[t] - (s / C) sum_c lp[c]     (0 for ignored rows)
     #   dloss_i/dx = softmax(x) - q,  with q = (1 - s) onehot(t) + s / C
-    # 'mean' divides by the number of non-ignored rows, as torch does.
+    # 'mean' divides by the number of non-ignored rows, as torch does (no row left: the gradient is 0).
+    # With create_graph, softmax(x) is recomputed from the logits as a Tensor (the Softmax primitive),
+    # so the same formula is recorded; without, it is exp(lp) from forward, updated in place.
     op = "cross_entropy"
+    rule = "dlogits = (softmax(logits) - target distribution) * G / rows"
 
     @staticmethod
     def forward(ctx, logits, target, ignore_index, label_smoothing, reduction):
@@ -633,7 +923,7 @@ class CrossEntropy(Function):
                 loss = (1 - label_smoothing) * loss - (label_smoothing / C) * logp.sum(axis=1)
             loss = xp.where(valid, loss, xp.zeros((), dtype=loss.dtype))
         n_valid = int(valid.sum())
-        ctx.save_for_backward(logp, t_safe, valid)
+        ctx.save_for_backward(logp, t_safe, valid, logits)
         ctx.shape, ctx.smoothing, ctx.reduction, ctx.n_valid = logits.shape, label_smoothing, reduction, n_valid
         if reduction == "none":
             return loss.reshape(target.shape)
@@ -642,14 +932,22 @@ class CrossEntropy(Function):
 
     @staticmethod
     def backward(ctx, g):
-        logp, t, valid = ctx.saved_tensors
-        xp = backend.array_module(g)
+        logp, t, valid, logits = ctx.saved_tensors
         s, C = ctx.smoothing, logp.shape[1]
         if ctx.reduction == "none":
             weight = g.reshape(-1) * valid
         else:
-            scale = g / ctx.n_valid if ctx.reduction == "mean" else g
-            weight = valid * scale
+            per_row = 1.0
+            if ctx.reduction == "mean":
+                per_row = 1.0 / ctx.n_valid if ctx.n_valid else 0.0    # every row ignored: nothing to learn
+            weight = g * (valid * per_row).astype(logp.dtype, copy=False)
+        if isinstance(g, Tensor):
+            xp = backend.array_module(logp)
+            q = xp.full(logp.shape, s / C, dtype=logp.dtype)  # the target distribution, a constant
+            q[xp.arange(q.shape[0]), t] += 1 - s
+            probs = Softmax.apply(logits.reshape(-1, C), 1)
+            return ((probs - q) * weight.reshape(-1, 1)).reshape(ctx.shape), None, None, None, None
+        xp = backend.array_module(g)
         fused = kernels.lookup("cross_entropy_backward", logp)
         if fused is not None:
             return fused(logp, t, weight, s).reshape(ctx.shape), None, None, None, None

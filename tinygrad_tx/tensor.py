@@ -175,9 +175,13 @@ class Tensor:
     def cuda(self):
         return self.to("cuda")
 
-    def backward(self, grad=None, retain_graph=False):
-        """Accumulate d(self)/d(leaf) into each leaf's .grad (`tx.viz.explain(self)` narrates it)."""
-        autograd.backward(self, grad, retain_graph)
+    def backward(self, grad=None, retain_graph=None, create_graph=False):
+        """Accumulate d(self)/d(leaf) into each leaf's .grad (`tx.viz.explain(self)` narrates it).
+
+        create_graph=True records the backward pass, so each `.grad` is a Tensor with a graph that
+        can be differentiated again; retain_graph defaults to create_graph (as in torch).
+        """
+        autograd.backward(self, grad, retain_graph, create_graph)
 
     def zero_grad(self):
         self.grad = None

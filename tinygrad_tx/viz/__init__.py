@@ -10,10 +10,10 @@ Importing this package needs nothing beyond the engine: graphviz and matplotlib 
     plot_attention(weights, src_tokens, tgt_tokens, path)
     plot_positional_encoding(max_len, d_model, path)
 """
-from .explain import RULES, explain
+from .explain import explain, rule
 from .graph import GraphvizNotInstalled, draw_graph
 from .plots import plot_attention, plot_positional_encoding, sinusoid_table
 from .record import record_gradients
 
-__all__ = ["draw_graph", "record_gradients", "explain", "RULES", "plot_attention", "plot_positional_encoding",
+__all__ = ["draw_graph", "record_gradients", "explain", "rule", "plot_attention", "plot_positional_encoding",
            "sinusoid_table", "GraphvizNotInstalled"]

@@ -11,44 +11,11 @@ from ..nn import Parameter
 from ..tensor import Tensor
 from . import record
 
-# op_name -> the local derivative rule, in the notation of primitives.py: G = dL/d(output),
-# Y = the output, A and B the two inputs of a binary op, X the input of a unary one.
-RULES = {
-    "Add": "dA = G, dB = G",
-    "Sub": "dA = G, dB = -G",
-    "Mul": "dA = G * B, dB = G * A",
-    "Div": "dA = G / B, dB = -G * A / B^2",
-    "Neg": "dX = -G",
-    "Pow": "dA = G * B * A^(B-1), dB = G * A^B * log(A)",
-    "Exp": "dX = G * exp(X) = G * Y",
-    "Log": "dX = G / X",
-    "Sqrt": "dX = G / (2 sqrt(X)) = G / (2Y)",
-    "Tanh": "dX = G * (1 - Y^2)",
-    "Sigmoid": "dX = G * Y * (1 - Y)",
-    "ReLU": "dX = G where X > 0, else 0",
-    "Abs": "dX = G * sign(X)",
-    "Where": "dA = G where cond, else 0; dB = G where not cond, else 0",
-    "Cast": "dX = G cast back to X's dtype",
-    "ToDevice": "dX = G moved back to X's device",
-    "Sum": "dX = G copied back to every element that was summed",
-    "Max": "dX = G at the maximum (shared among ties), 0 elsewhere",
-    "Reshape": "dX = G reshaped back to X's shape",
-    "Permute": "dX = G with the axes put back (inverse permutation)",
-    "GetItem": "dX = zeros of X's shape, G written (or added, for repeated indices) at the index",
-    "Cat": "dX_i = the slice of G that X_i filled",
-    "MatMul": "dA = G @ B^T, dB = A^T @ G",
-    "Softmax": "dX = Y * (G - sum(G * Y, axis))",
-    "LogSoftmax": "dX = G - softmax(X) * sum(G, axis)",
-    "MaskedFill": "dX = G where the mask is False, 0 where it is True",
-    "Dropout": "dX = G * keep / (1 - p), the same kept positions as forward",
-    "LayerNorm": "dX = r (Gw - mean(Gw) - xh mean(Gw xh)), dw = sum(G xh), db = sum(G)  (xh = normalised X, r = 1/std)",
-    "Embedding": "dW[k] = sum of G over the positions whose index is k",
-    "CrossEntropy": "dlogits = (softmax(logits) - target distribution) * G / rows",
-}
-
-
-def rule(op_name: str) -> str:
-    return RULES.get(op_name, "a user-defined Function: see its backward()")
+def rule(node) -> str:
+    """The local derivative rule of a graph node (or Function class), as its primitive states it
+    beside its backward (`rule`): G = dL/d(output), Y the output, A and B the inputs of a binary op,
+    X the input of a unary one."""
+    return node.rule
 
 
 def fmt_shape(shape) -> str:
@@ -80,6 +47,8 @@ def _count_contributions(nodes: list[Function]) -> dict:
 
 def _describe_step(k: int, node: Function, steps: dict, contributions: dict) -> list[str]:
     where = f"   (in module {node.scope})" if node.scope else ""
+    if node.derivative_of:
+        where += f"   (recorded by {node.derivative_of}'s backward)"
     lines = [f"step {k}: {node.op_name} -> output {fmt_shape(node.out_shape)}{where}"]
     rec = record.recorded(node)
     incoming = f"{fmt_shape(rec.grad_shape)}, norm {rec.grad_norm:.4g}" if rec else fmt_shape(node.out_shape)
@@ -87,7 +56,7 @@ def _describe_step(k: int, node: Function, steps: dict, contributions: dict) -> 
     if n > 1:
         incoming += f", the sum of {n} contributions (one per use of this output)"
     lines.append(f"    incoming gradient G  {incoming}")
-    lines.append(f"    local rule           {rule(node.op_name)}")
+    lines.append(f"    local rule           {rule(node)}")
     for i, parent in enumerate(node.parents):
         if parent is None:
             continue                                    # a non-tensor argument (an axis, a shape)
@@ -116,14 +85,18 @@ def _describe_step(k: int, node: Function, steps: dict, contributions: dict) -> 
     return lines
 
 
-def explain(loss: Tensor, grad=None, retain_graph: bool = False) -> str:
-    """Run `loss.backward(grad, retain_graph)` and narrate it: print each step and return the text.
+def explain(loss: Tensor, grad=None, retain_graph: bool | None = None, create_graph: bool = False) -> str:
+    """Run `loss.backward(grad, retain_graph, create_graph)` and narrate it: print each step and return the text.
 
     Steps come in the order backward runs them, the reverse of a topological order: a node runs only
     after every op that used its output, so the gradient it passes on is already complete.
+
+    A double backward narrates too: differentiate a gradient that a `create_graph=True` backward
+    recorded (`explain(tx.grad(y, x, create_graph=True)[0].sum())`), and each step says whose
+    backward recorded it; `create_graph=True` here narrates the first backward while it records.
     """
     if loss._ctx is None:
-        autograd.backward(loss, grad, retain_graph)     # raises the engine's own clear error
+        autograd.backward(loss, grad, retain_graph, create_graph)     # raises the engine's own clear error
     nodes = record.graph_nodes([loss])
     contributions = _count_contributions(nodes)
     ran: list[Function] = []
@@ -132,13 +105,20 @@ def explain(loss: Tensor, grad=None, retain_graph: bool = False) -> str:
         ran.append(node)
 
     with autograd.register_backward_hook(remember_order), record.record_gradients():
-        autograd.backward(loss, grad, retain_graph)
+        autograd.backward(loss, grad, retain_graph, create_graph)
 
     steps = {node: k for k, node in enumerate(ran, start=1)}
     lines = [f"Backward pass from a tensor of shape {fmt_shape(loss.shape)}: {len(ran)} steps.",
              "Order: reverse topological. A node runs only after every op that used its output, so the",
-             "gradient G it receives is complete (all contributions summed) before it is passed on.",
-             ""]
+             "gradient G it receives is complete (all contributions summed) before it is passed on."]
+    if create_graph:
+        lines.append("create_graph=True: each step runs its rule on Tensors, recording it, so every gradient is a "
+                     "graph that can be differentiated again.")
+    second = sum(1 for node in ran if node.derivative_of)
+    if second:
+        lines.append(f"{second} of these steps differentiate a gradient: their nodes were recorded by an earlier "
+                     "create_graph backward (a double backward).")
+    lines.append("")
     for k, node in enumerate(ran, start=1):
         lines += _describe_step(k, node, steps, contributions)
     leaves = {}

@@ -377,7 +377,7 @@ def _label(v: _Vertex, names: dict, scopes: _Scopes, show_values: bool) -> str:
                  f"{info['ops']} ops" + (f", {n_params} parameters ({n_values:,} values)" if n_params else "")]
         return "\n".join(lines)
     if v.kind == "grad_op":
-        return f"{obj.op_name} backward\n" + "\n".join(textwrap.wrap(rule(obj.op_name), 44))
+        return f"{obj.op_name} backward\n" + "\n".join(textwrap.wrap(rule(obj), 44))
     if v.kind == "sum":
         full, axes, shape = obj
         return f"sum over axes {axes}\n{fmt_shape(full)} -> {fmt_shape(shape)}\n(undo broadcasting)"
@@ -416,7 +416,7 @@ def _emit(pic: _Picture, scopes: _Scopes, names: dict, show_values: bool, rankdi
         if v.root:
             attrs.update(penwidth="2.5", color="#c0392b")
         if v.kind == "grad_op":
-            attrs["tooltip"] = rule(v.obj.op_name)
+            attrs["tooltip"] = rule(v.obj)
         target = clusters[v.scope] if v.scope else g
         target.node(v.id, _label(v, names, scopes, show_values), **attrs)
     for s in sorted(clusters, key=lambda s: -len(scopes.chain(s))):      # innermost first

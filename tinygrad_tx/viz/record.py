@@ -69,7 +69,10 @@ def broadcast_axes(node: Function, i: int) -> tuple[tuple, tuple]:
 
 
 def norm(array) -> float:
-    """The Euclidean norm of a gradient array, as a Python float (one BLAS dot, no temporaries)."""
+    """The Euclidean norm of a gradient array (or Tensor, in a create_graph backward), as a Python
+    float (one BLAS dot, no temporaries)."""
+    if isinstance(array, Tensor):
+        array = array.data
     xp = backend.array_module(array)
     flat = array.reshape(-1)
     return float(xp.sqrt(xp.dot(flat, flat)))
