@@ -2,10 +2,9 @@
 n-th derivative of tanh. (Every primitive's second derivative is in test_primitives.py's table.)"""
 import numpy as np
 import pytest
+from conftest import to_host
 
 import tinygrad_tx as tx
-
-from conftest import to_host
 
 
 def test_grad_returns_a_tuple_and_leaves_dot_grad_alone(device):

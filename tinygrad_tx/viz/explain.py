@@ -11,6 +11,7 @@ from ..nn import Parameter
 from ..tensor import Tensor
 from . import record
 
+
 def rule(node) -> str:
     """The local derivative rule of a graph node (or Function class), as its primitive states it
     beside its backward (`rule`): G = dL/d(output), Y the output, A and B the inputs of a binary op,
