@@ -14,6 +14,7 @@ from . import primitives
 from . import functional
 from . import nn
 from . import optim
+from . import distributed
 from .serialization import save, load
 from .gradcheck import gradcheck, gradgradcheck, GradcheckError
 from .random import manual_seed
@@ -33,6 +34,6 @@ def cuda_available() -> bool:
 __all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "where", "cat", "stack", "manual_seed",
            "gradcheck", "gradgradcheck", "grad", "GradcheckError", "functional", "nn", "optim", "save", "load",
            "primitives", "backend", "random",
-           "viz", "cuda_available",
+           "viz", "cuda_available", "distributed",
            "float32", "float64", "int64", "bool_"]
 __version__ = "0.1.0"

@@ -2,7 +2,8 @@
 
     tinygrad-tx train (--task NAME | --data train.tsv [--valid valid.tsv]) --out RUN_DIR
                       [--minutes M | --steps N] [--config small|base|paper] [--device cpu|cuda]
-                      [--seed S] [--resume] [--char]
+                      [--seed S] [--resume] [--char] [--dropout P]
+    mpirun -np N tinygrad-tx train ...      # data-parallel over N processes (see tinygrad_tx.distributed)
     tinygrad-tx translate --checkpoint RUN_DIR [--beam N] "text" ...      # or lines on stdin
     tinygrad-tx evaluate  --checkpoint RUN_DIR (--task NAME | --data test.tsv) [--beam N] [--json]
     tinygrad-tx draw [--what] WHAT --out FILE [--depth K] [--backward]
@@ -18,6 +19,7 @@ import json
 import os
 import sys
 
+from tinygrad_tx import distributed as dist
 from tinygrad_tx import viz
 
 from . import drawings, tasks
@@ -55,19 +57,28 @@ def cmd_train(args) -> int:
         raise CommandError("--valid needs --data (a generated --task has its own validation split)")
     if "data" in given:
         given.setdefault("task", None)
-    if args.resume and has_checkpoint(args.out):
+    if args.dropout is not None and not 0 <= args.dropout < 1:
+        raise CommandError(f"--dropout must be at least 0 and below 1, got {args.dropout}")
+    # Under mpirun only rank 0 reads the run directory (the others may run on hosts that cannot see it).
+    saved = dist.from_root(lambda: read_json(os.path.join(args.out, "config.json"))["train"]
+                           if args.resume and has_checkpoint(args.out) else None)
+    if saved is not None:
         # Settings not given again are the checkpoint's; settings given must match it (checked by Trainer).
-        saved = read_json(os.path.join(args.out, "config.json"))["train"]
         if "task" in given:
             given.setdefault("data", None)
             given.setdefault("valid", None)
         cfg = TrainConfig(**{**saved, **given})
     else:
         cfg = TrainConfig(**given)
+    if args.dropout is not None:                    # overrides the preset's dropout (and a checkpoint's)
+        cfg.model = {**cfg.model, "dropout": args.dropout}
     minutes = args.minutes if args.minutes is not None or args.steps is not None else DEFAULT_MINUTES
-    if args.minutes is None and args.steps is None:
+    main_process = dist.rank() == 0
+    if args.minutes is None and args.steps is None and main_process:
         print(f"training for {DEFAULT_MINUTES} minutes (set --minutes or --steps)", file=sys.stderr)
     metrics = train(cfg, args.out, steps=args.steps, minutes=minutes, device=args.device, resume=args.resume)
+    if not main_process:
+        return 0
     _print_metrics({k: metrics[k] for k in ("exact_match", "bleu", "chrf")}, as_json=False,
                    header=f"validation after step {metrics['step']}:")
     print(f"checkpoint: {args.out}  (try: tinygrad-tx translate --checkpoint {args.out} \"...\")")
@@ -212,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help="seed for data, initialisation and batch order (default 0)")
     t.add_argument("--resume", action="store_true", help="continue the checkpoint in --out exactly")
     t.add_argument("--char", action="store_true", help="character-level tokens instead of words")
+    t.add_argument("--dropout", type=float, help="dropout probability, instead of the preset's (0.1)")
     batch = t.add_mutually_exclusive_group()
     batch.add_argument("--batch-size", type=int, help="sentences per batch (default 64)")
     batch.add_argument("--batch-tokens", type=int, help="padded tokens per batch, instead of --batch-size")
@@ -274,8 +286,21 @@ def main(argv=None) -> int:
     except (CommandError, tasks.DataError, CheckpointError, RuntimeError, ValueError, OSError) as e:
         if os.environ.get("TX_DEBUG"):         # show the traceback
             raise
-        print(f"tinygrad-tx {args.command}: error: {e}", file=sys.stderr)
+        _report_error(args.command, e)
         return 1
     except KeyboardInterrupt:
         print(f"tinygrad-tx {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _report_error(command: str, error: Exception) -> None:
+    """Print the error once. Under mpirun, an error that only this rank met stops the whole job (the
+    other ranks would otherwise wait for this one forever)."""
+    if dist.world_size() == 1:
+        print(f"tinygrad-tx {command}: error: {error}", file=sys.stderr)
+    elif getattr(error, "raised_on_every_rank", False):     # every rank stops by itself
+        if dist.rank() == 0:
+            print(f"tinygrad-tx {command}: error: {error}", file=sys.stderr)
+    else:
+        print(f"tinygrad-tx {command} (rank {dist.rank()}): error: {error}", file=sys.stderr, flush=True)
+        dist.abort(1)

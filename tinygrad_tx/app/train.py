@@ -14,11 +14,17 @@ A run directory holds, each file written atomically (temporary file + os.replace
                      the engine RNG state (dropout), and training seconds so far
     metrics.jsonl    one JSON object per validation: losses, exact match, BLEU, chrF
 
+Under `mpirun -np N` (tinygrad_tx.distributed) the N processes train one model on each global batch:
+rank r takes rows r, r+N, r+2N, ... of every batch, the gradients are averaged (weighted by each
+shard's target tokens) before clipping and the optimizer step, and rank 0 alone validates and writes
+the run directory. The batch size, the learning-rate schedule and the result are those of one process.
+
 This is the application layer: it uses the engine (tinygrad_tx) and the model package (models).
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -29,6 +35,7 @@ from dataclasses import dataclass
 
 import tinygrad_tx as tx
 from tinygrad_tx import backend, optim, random
+from tinygrad_tx import distributed as dist
 from tinygrad_tx import functional as F
 from tinygrad_tx.models.transformer import Transformer
 from tinygrad_tx.serialization import atomic_write_json, atomic_write_text, load, save
@@ -39,6 +46,7 @@ from .config import CheckpointError, TrainConfig, encode_pairs, load_pairs
 from .tasks import DataError
 from .translate import Translator
 from .vocab import PAD, PairVocab
+
 
 # ---------------------------------------------------------------------------- the trainer
 @dataclass
@@ -81,30 +89,22 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, run_dir: str, device: str | None = None, resume: bool = False,
                  log=None, progress: bool = True):
-        self.cfg, self.run_dir, self.progress = cfg, run_dir, progress
+        self.cfg, self.run_dir = cfg, run_dir
+        # With several processes (mpirun), rank 0 alone logs, validates and writes the run directory.
+        self.rank, self.world_size = dist.rank(), dist.world_size()
+        self.progress = progress and self.rank == 0
         self.log = log or (lambda message: print(message, file=sys.stderr))
+        if self.rank != 0:
+            self.log = lambda message: None
         self.device = backend.check_device(device)          # clear error for cuda without a GPU
-        if resume and not has_checkpoint(run_dir):
-            raise CheckpointError(f"--resume: {run_dir} holds no checkpoint to resume from")
-        if not resume and has_checkpoint(run_dir):
-            raise CheckpointError(f"{run_dir} already holds a checkpoint: pass --resume to continue it, "
-                                  f"or choose another --out")
-        if resume:
-            saved = TrainConfig.from_json(read_json(os.path.join(run_dir, "config.json"))["train"])
-            diffs = config_differences(saved, cfg)
-            if diffs:
-                raise CheckpointError(f"cannot resume {run_dir}: it was trained with other settings:\n  "
-                                      + "\n  ".join(diffs))
+        dist.from_root(lambda: self._check_run_dir(resume))
 
         # 1. Data: text pairs, the vocabulary, token ids.
         self.log(f"loading {cfg.task or cfg.data} ...")
         train_pairs, self.valid_pairs = load_pairs(cfg, "train"), load_pairs(cfg, "valid")
         self.vocab = PairVocab.build(train_pairs, cfg.level)
         if resume:
-            saved_vocab = PairVocab.load(os.path.join(run_dir, "vocab.json"))
-            diff = saved_vocab.describe_difference(self.vocab)
-            if diff:
-                raise CheckpointError(f"cannot resume {run_dir}: its vocabulary differs from this data's: {diff}")
+            dist.from_root(self._check_vocab)
         for side in ("src", "tgt"):
             types = len(getattr(self.vocab, side))
             if cfg.level == "word" and types > len(train_pairs) / 2:
@@ -123,18 +123,43 @@ class Trainer:
                             f"max_len={self.model_config.max_len}")
         self.model = Transformer(self.model_config).to(device=self.device)
         self.params = list(self.model.parameters())
+        dist.broadcast_parameters(self.params)              # every rank starts from rank 0's weights
+        if self.rank != 0:                                  # and draws its own dropout masks
+            tx.manual_seed(_rank_seed(cfg.seed, self.rank))
         self.optimizer = optim.Adam(self.params, lr=0.0, betas=cfg.betas, eps=cfg.eps)
         self.scheduler = optim.NoamScheduler(self.optimizer, self.model_config.d_model, cfg.warmup_steps,
                                              cfg.lr_factor)
         self.state = TrainerState()
         self.metrics: list[dict] = []
+        self._rng_per_rank = None          # every rank's generator state, gathered before each save
         if resume:
-            self._load_checkpoint()
-        else:
+            dist.from_root(self._load_checkpoint)
+            self._share_checkpoint()
+        elif self.rank == 0:
             os.makedirs(run_dir, exist_ok=True)
         self.translator = Translator(self.model, self.vocab)
 
     # ------------------------------------------------------------------ checkpoints
+    def _check_run_dir(self, resume):
+        cfg, run_dir = self.cfg, self.run_dir
+        if resume and not has_checkpoint(run_dir):
+            raise CheckpointError(f"--resume: {run_dir} holds no checkpoint to resume from")
+        if not resume and has_checkpoint(run_dir):
+            raise CheckpointError(f"{run_dir} already holds a checkpoint: pass --resume to continue it, "
+                                  f"or choose another --out")
+        if resume:
+            saved = TrainConfig.from_json(read_json(os.path.join(run_dir, "config.json"))["train"])
+            diffs = config_differences(saved, cfg)
+            if diffs:
+                raise CheckpointError(f"cannot resume {run_dir}: it was trained with other settings:\n  "
+                                      + "\n  ".join(diffs))
+
+    def _check_vocab(self):
+        saved_vocab = PairVocab.load(os.path.join(self.run_dir, "vocab.json"))
+        diff = saved_vocab.describe_difference(self.vocab)
+        if diff:
+            raise CheckpointError(f"cannot resume {self.run_dir}: its vocabulary differs from this data's: {diff}")
+
     def _path(self, name):
         return os.path.join(self.run_dir, name)
 
@@ -150,6 +175,7 @@ class Trainer:
             **dataclasses.asdict(self.state),
             "scheduler": self.scheduler.state_dict(),
             "rng": random.rng_state(),
+            **({"rng_per_rank": self._rng_per_rank} if self.world_size > 1 else {}),
         })
 
     def _load_checkpoint(self):
@@ -163,6 +189,7 @@ class Trainer:
             self.scheduler.load_state_dict(trainer["scheduler"])
             self.state = TrainerState(**{f.name: trainer[f.name] for f in dataclasses.fields(TrainerState)})
             random.set_rng_state(trainer["rng"])
+            self._rng_per_rank = trainer.get("rng_per_rank")
         except (KeyError, ValueError, TypeError) as e:
             raise CheckpointError(f"cannot resume {self.run_dir}: {e}") from e
         if os.path.exists(self._path("metrics.jsonl")):
@@ -170,6 +197,29 @@ class Trainer:
                 records = [json.loads(line) for line in f if line.strip()]
             self.metrics = [m for m in records if m["step"] <= self.state.step]
         self.log(f"resumed {self.run_dir} at step {self.state.step}")
+
+    def _share_checkpoint(self):
+        """Hand what rank 0 read from the checkpoint to the other ranks (they may not see its files)."""
+        if self.world_size == 1:
+            return
+        dist.broadcast_parameters(self.params)
+        shared = dist.broadcast_object({
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "state": dataclasses.asdict(self.state), "metrics": self.metrics, "rng_per_rank": self._rng_per_rank})
+        if self.rank != 0:
+            self.optimizer.load_state_dict(shared["optimizer"])
+            self.scheduler.load_state_dict(shared["scheduler"])
+            self.state = TrainerState(**shared["state"])
+            self.metrics = shared["metrics"]
+        # Each rank continues its own dropout generator; saved by as many ranks as run now, or reseeded.
+        per_rank = shared["rng_per_rank"]
+        if per_rank is not None and len(per_rank) == self.world_size:
+            random.set_rng_state(per_rank[self.rank])
+        elif self.rank != 0:
+            tx.manual_seed(_rank_seed(self.cfg.seed, self.rank, self.state.step))
+            if self.rank == 1 and self.model_config.dropout > 0:
+                print(f"note: {self.run_dir} was saved by another number of processes, so the dropout masks "
+                      f"of ranks 1..{self.world_size - 1} differ from an uninterrupted run", file=sys.stderr)
 
     # ------------------------------------------------------------------ one step
     def loss(self, batch: batching.Batch, label_smoothing: float):
@@ -179,18 +229,27 @@ class Trainer:
         return F.cross_entropy(logits.reshape(-1, V), batch.tgt_out.reshape(-1),   # (B*T, V), (B*T,)
                                ignore_index=PAD, label_smoothing=label_smoothing)
 
-    def train_step(self, batch: batching.Batch) -> float:
+    def train_step(self, batch: batching.Batch | None) -> float:
+        """One optimizer step on `batch`: the whole global batch, or this rank's shard of it (None when
+        the shard is empty). Returns the loss of the shard (nan for an empty one)."""
         # 1. Forward and the label-smoothed loss.
         self.model.train()
-        loss = self.loss(batch, self.cfg.label_smoothing)
-        # 2. Gradients, clipped to a total norm of clip_norm.
         self.optimizer.zero_grad()
-        loss.backward()
+        loss = float("nan")
+        if batch is not None:
+            loss_tensor = self.loss(batch, self.cfg.label_smoothing)
+            # 2. Gradients of the mean loss over this shard's target tokens.
+            loss_tensor.backward()
+            loss = loss_tensor.item()
+        # 3. With several ranks, one allreduce makes each gradient the mean over the global batch's
+        #    tokens: sum_r n_r * grad_r / sum_r n_r, where rank r's shard has n_r target tokens.
+        if self.world_size > 1:
+            dist.average_gradients(self.params, weight=0 if batch is None else batch.n_tokens)
+        # 4. Clipped to a total norm of clip_norm, then the Noam learning rate and Adam's update.
         optim.clip_grad_norm(self.params, self.cfg.clip_norm)
-        # 3. The Noam learning rate for this step, then Adam's update.
         self.scheduler.step()
         self.optimizer.step()
-        return loss.item()
+        return loss
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> dict:
@@ -219,24 +278,32 @@ class Trainer:
         deadline = None if minutes is None else time.monotonic() + 60.0 * minutes
         bar = self._progress_bar(steps)
         losses, tokens, window_start = [], 0, time.monotonic()
-        interrupted = False
+        interrupted = finished = False
         with _StopOnInterrupt() as stop:
-            while not self._done(steps, deadline):
+            while not finished:
                 batches = batching.batch_order(self.lengths, cfg.batch_size, cfg.batch_unit, cfg.seed, state.epoch)
-                while state.position < len(batches) and not self._done(steps, deadline):
-                    if stop.requested:
+                while state.position < len(batches):
+                    decision = self._stop_decision(steps, deadline, stop)
+                    if decision is not None:
+                        finished, interrupted = True, decision == "interrupted"
                         break
                     step_start = time.monotonic()
-                    batch = batching.collate([self.examples[i] for i in batches[state.position]], self.device)
+                    rows = batches[state.position]               # the global batch
+                    shard = rows[self.rank::self.world_size]     # this rank's rows of it
+                    batch = batching.collate([self.examples[i] for i in shard], self.device) if shard else None
                     loss = self.train_step(batch)
-                    if not math.isfinite(loss):
+                    if batch is not None and not math.isfinite(loss):
                         raise FloatingPointError(f"the loss became {loss} at step {state.step + 1}; try a "
                                                  f"smaller lr_factor or more warmup_steps")
+                    n_tokens = sum(len(self.examples[i][1]) - 1 for i in rows)
                     state.step += 1
                     state.position += 1
                     state.seconds += time.monotonic() - step_start
-                    losses.append(loss)
-                    tokens += batch.n_tokens
+                    if self.world_size == 1:
+                        losses.append(loss)
+                    else:                                        # this shard's part of the batch's mean loss
+                        losses.append(loss * batch.n_tokens / n_tokens if batch is not None else 0.0)
+                    tokens += n_tokens
                     rate = tokens / max(time.monotonic() - window_start, 1e-9)
                     if bar is not None:
                         bar.update(1)
@@ -245,10 +312,7 @@ class Trainer:
                     if state.step % cfg.eval_every == 0:
                         self._evaluate_and_save(losses, rate, bar)
                         losses, tokens, window_start = [], 0, time.monotonic()
-                if stop.requested:
-                    interrupted = True
-                    break
-                if state.position >= len(batches):
+                if not finished and state.position >= len(batches):
                     state.epoch += 1
                     state.position = 0
             if not self.metrics or self.metrics[-1]["step"] != state.step:
@@ -260,12 +324,26 @@ class Trainer:
             self.log(f"interrupted: saved the checkpoint of step {state.step} in {self.run_dir}")
         return self.metrics[-1] if self.metrics else {}
 
-    def _done(self, steps, deadline):
-        if steps is not None and self.state.step >= steps:
-            return True
-        return deadline is not None and time.monotonic() >= deadline
+    def _stop_decision(self, steps, deadline, stop):
+        """None to take another step, "done" or "interrupted" to stop. Rank 0 decides for all ranks, so
+        that a clock or a Ctrl-C seen by one process cannot leave the others waiting in an allreduce."""
+        decision = None
+        if stop.requested:
+            decision = "interrupted"
+        elif (steps is not None and self.state.step >= steps) or (deadline is not None
+                                                                 and time.monotonic() >= deadline):
+            decision = "done"
+        return dist.broadcast_object(decision) if self.world_size > 1 else decision
 
     def _evaluate_and_save(self, losses, tokens_per_s, bar):
+        if self.world_size > 1:                 # every rank's part of each step's loss: sum them
+            losses = dist.all_reduce(backend.host_array(losses).astype(backend.float64), op="sum").tolist()
+            self._rng_per_rank = dist.gather_object(random.rng_state())
+        record = dist.from_root(lambda: self._validate_and_save(losses, tokens_per_s, bar))
+        if self.rank != 0:                      # the other ranks keep the same metrics list
+            self.metrics.append(record)
+
+    def _validate_and_save(self, losses, tokens_per_s, bar) -> dict:
         record = {"step": self.state.step, "epoch": self.state.epoch, "seconds": round(self.state.seconds, 2),
                   "train_loss": sum(losses) / len(losses) if losses else None, "lr": self.optimizer.lr,
                   "tokens_per_s": round(tokens_per_s, 1)}
@@ -278,6 +356,7 @@ class Trainer:
             bar.write(message, file=sys.stderr)
         else:
             self.log(message)
+        return record
 
     def _progress_bar(self, steps):
         if not self.progress:
@@ -288,6 +367,12 @@ class Trainer:
             self.log("install tqdm for a progress bar: pip install 'tinygrad-tx[train]'")
             return None
         return tqdm(total=steps, initial=self.state.step, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+
+def _rank_seed(seed: int, rank: int, step: int = 0) -> int:
+    """A seed for rank r's dropout generator, different from every other rank's and run's."""
+    digest = hashlib.sha256(f"dropout:{seed}:{rank}:{step}".encode()).hexdigest()
+    return int(digest[:15], 16)
 
 
 def train(cfg: TrainConfig, run_dir: str, steps: int | None = None, minutes: float | None = None,
