@@ -22,7 +22,6 @@ Both frameworks run float32 without TF32 (torch's default; CuPy's unless CUPY_TF
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -31,6 +30,7 @@ import time
 from dataclasses import asdict
 
 from tinygrad_tx import backend, kernels
+from tinygrad_tx.serialization import atomic_write_json
 from tinygrad_tx.app.bench import CONFIGS, BenchConfig, forward_matmul_flops, torch_setup, tx_setup
 
 LARGE = BenchConfig("large", d_model=1024, n_heads=16, d_ff=4096, n_layers=6, batch=64, seq=64, vocab=8000)
@@ -188,12 +188,9 @@ def markdown(result) -> str:
 
 
 def write_json(path, result):
-    """Write atomically: a temporary file, then os.replace."""
+    """Write with the package's one atomic writer (a unique temporary file, then os.replace)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, path)
+    atomic_write_json(path, result)
 
 
 def main(argv=None):

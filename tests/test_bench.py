@@ -1,6 +1,8 @@
 """The benchmark's smoke mode, as CI runs it: both frameworks train, the table and JSON come out."""
 import json
+import sys
 
+import numpy as np
 import pytest
 
 from tinygrad_tx.app import bench
@@ -16,6 +18,18 @@ def test_forward_flops_count_every_matmul():
     assert bench.forward_matmul_flops(c) == expected
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self (Linux only)")
+def test_peak_memory_sees_a_step_that_allocates_and_forgets_what_ran_before():
+    mib = 2 ** 20
+    big = np.ones(256 * mib // 8)                  # touched pages: resident memory rises by 256 MiB ...
+    del big                                        # ... and falls again, before the measurement starts
+    quiet, _ = bench.peak_above_steady(lambda: None, steps=2)
+    busy, steady = bench.peak_above_steady(lambda: np.ones(64 * mib // 8).sum(), steps=2)
+    assert quiet < 16 * mib, f"a step that allocates nothing measured {quiet / mib:.0f} MiB"
+    assert 60 * mib <= busy < 128 * mib, f"a step that allocates 64 MiB measured {busy / mib:.0f} MiB"
+    assert steady > 0
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_smoke_run_prints_a_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
@@ -23,7 +37,7 @@ def test_smoke_run_prints_a_table_and_writes_json(tmp_path, capsys):
     (row,) = result["rows"]
     assert row["config"]["name"] == "small" and row["steps"] == 2
     assert row["tx_ms"] > 0 and row["torch_ms"] > 0 and row["ratio"] == pytest.approx(row["tx_ms"] / row["torch_ms"])
-    assert row["tx_peak_mb"] >= 0 and row["torch_peak_mb"] >= 0
+    assert isinstance(row["tx_peak_mb"], float) and isinstance(row["torch_peak_mb"], float)
     assert row["decode_same_tokens"], "cached and uncached greedy decoding must give the same tokens"
     assert result["gemm_gflops"] > 0
     assert json.loads(out.read_text())["rows"][0]["config"]["name"] == "small"

@@ -167,7 +167,10 @@ def test_state_dict_round_trip_through_npz(tmp_path):
 
     state = src.state_dict()
     assert all(isinstance(v, np.ndarray) for v in state.values())
-    state["head.0.bias"][:] += 0.0                             # a copy: writing to it is harmless
+    bias_before = state["head.0.bias"].copy()
+    scratch = src.state_dict()
+    scratch["head.0.bias"][:] += 1.0                           # a copy: writing to it leaves the model alone
+    np.testing.assert_array_equal(dict(src.named_parameters())["head.0.bias"].numpy(), bias_before)
     path = tmp_path / "net.npz"
     assert tx.save(state, path) is None
     assert zipfile.is_zipfile(path)
@@ -209,41 +212,6 @@ def test_load_state_dict_errors_name_the_key():
     for k, v in net.state_dict().items():                      # nothing was half-loaded
         np.testing.assert_array_equal(v, before[k])
     net.load_state_dict(missing, strict=False)                  # strict=False skips missing keys
-
-
-def test_save_is_atomic(tmp_path, monkeypatch):
-    path = tmp_path / "ckpt.npz"
-    tx.save({"a": np.arange(3)}, path)
-
-    with pytest.raises(TypeError, match="'b'"):
-        tx.save({"a": np.zeros(2), "b": {"nested": 1}}, path)
-    with pytest.raises(TypeError, match="'c'"):
-        tx.save({"c": np.array([object()])}, path)
-
-    def write_half_then_fail(f, arrays):
-        f.write(b"PK\x03\x04 half a zip")
-        raise OSError("disk full")
-    monkeypatch.setattr(tx.serialization, "write_npz", write_half_then_fail)
-    with pytest.raises(OSError, match="disk full"):
-        tx.save({"a": np.zeros(5)}, path)
-    monkeypatch.undo()
-
-    np.testing.assert_array_equal(tx.load(path)["a"], np.arange(3))   # the old file is intact
-    assert os.listdir(tmp_path) == ["ckpt.npz"]                         # no temp files left
-
-
-def test_save_rejects_non_dicts_and_load_never_unpickles(tmp_path):
-    with pytest.raises(TypeError, match="dict"):
-        tx.save([np.zeros(2)], tmp_path / "x.npz")
-    with pytest.raises(TypeError, match="strings"):
-        tx.save({1: np.zeros(2)}, tmp_path / "x.npz")
-    evil = tmp_path / "evil.npz"
-    np.savez(evil, a=np.array([{"x": 1}], dtype=object))       # needs pickle to read back
-    with pytest.raises(ValueError, match="pickle"):
-        tx.load(evil)
-    tx.save({"n": 3, "lr": 0.5, "t": tx.Tensor([1.0])}, tmp_path / "scalars.npz")
-    loaded = tx.load(tmp_path / "scalars.npz")
-    assert loaded["n"].shape == () and loaded["n"] == 3 and loaded["lr"] == 0.5
 
 
 # ---------------------------------------------------------------------------- layers against torch

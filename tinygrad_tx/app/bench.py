@@ -25,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 from tinygrad_tx import backend, random
+from tinygrad_tx.serialization import atomic_write_json
 
 
 @dataclass
@@ -174,29 +175,38 @@ def _status_kb(field):
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
-def peak_memory_child(framework: str, config: str, steps: int) -> None:
-    """In a fresh process: how far training steps raise resident memory above the steady state.
+def peak_above_steady(step, steps: int) -> tuple[int, int]:
+    """(peak bytes above the steady state while `step()` runs `steps` times, steady resident bytes).
 
-    One warm-up step first (it allocates the optimizer state, the gradients and the BLAS thread
-    buffers, which stay), then the kernel's peak-RSS mark is reset (`5 > /proc/self/clear_refs`)
-    and the peak over the next steps is read back, minus the resident memory before them.
+    The kernel's peak-RSS mark is reset first (`5 > /proc/self/clear_refs`), so what ran before
+    does not count; the peak over the steps is read back, minus the resident memory before them.
     """
-    c = CONFIGS[config]
-    setup = tx_setup if framework == "tinygrad_tx" else torch_setup
-    _, step = setup(c)
-    step()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     before = _status_kb("VmRSS")
     for _ in range(steps):
         step()
     peak = _status_kb("VmHWM")
-    print(json.dumps({"peak_step_bytes": max(peak - before, 0) * 1024, "steady_bytes": before * 1024}))
+    return (peak - before) * 1024, before * 1024
+
+
+def peak_memory_child(framework: str, config: str, steps: int) -> None:
+    """In a fresh process: how far training steps raise resident memory above the steady state.
+
+    One warm-up step first (it allocates the optimizer state, the gradients and the BLAS thread
+    buffers, which stay), then `peak_above_steady` over the next steps.
+    """
+    c = CONFIGS[config]
+    setup = tx_setup if framework == "tinygrad_tx" else torch_setup
+    _, step = setup(c)
+    step()
+    peak, steady = peak_above_steady(step, steps)
+    print(json.dumps({"peak_step_bytes": peak, "steady_bytes": steady}))
 
 
 def peak_memory(framework: str, config: str, steps: int = 2) -> int:
-    out = subprocess.run([sys.executable, "-m", "tinygrad_tx.app.bench", "--memory-child", framework, config, str(steps)],
-                         capture_output=True, text=True, check=True)
+    child = [sys.executable, "-m", "tinygrad_tx.app.bench", "--memory-child", framework, config, str(steps)]
+    out = subprocess.run(child, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_step_bytes"]
 
 
@@ -300,10 +310,7 @@ def main(argv=None):
     print(table)
     if args.json:
         os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=2)
-        os.replace(tmp, args.json)
+        atomic_write_json(args.json, result)
     return result
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from tinygrad_tx import backend, nn, random
 from tinygrad_tx import functional as F
 from tinygrad_tx.nn import Parameter
+from tinygrad_tx.serialization import atomic_write
 from tinygrad_tx.tensor import Tensor
 from tinygrad_tx.viz.graph import GraphvizNotInstalled, draw_graph
 from tinygrad_tx.viz.record import record_gradients
@@ -94,13 +95,6 @@ def build_example(what: str) -> Example:
     return _model_example(what, rng)
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def save_drawing(graph, out) -> str:
     """Write a drawing to FILE.svg|png|pdf|dot. Without Graphviz's `dot`, write FILE.dot and say so.
 
@@ -114,14 +108,14 @@ def save_drawing(graph, out) -> str:
                          f"{', '.join('.' + f for f in FORMATS)}")
     if fmt != "dot":
         try:
-            _write_atomic(out, graph.pipe(format=fmt))
+            atomic_write(out, graph.pipe(format=fmt))
             return out
         except GraphvizNotInstalled as e:
             dot_path = os.path.splitext(out)[0] + ".dot"
             print(f"{e}\nWrote the DOT source to {dot_path} instead; after installing Graphviz run:\n"
                   f"    dot -T{fmt} {dot_path} -o {out}", file=sys.stderr)
             out = dot_path
-    _write_atomic(out, graph.source.encode("utf-8"))
+    atomic_write(out, graph.source)
     return out
 
 

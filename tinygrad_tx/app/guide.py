@@ -29,7 +29,7 @@ import tinygrad_tx as tx
 from tinygrad_tx import autograd, backend, primitives, viz
 from tinygrad_tx.nn import Parameter
 from tinygrad_tx.serialization import atomic_write_text
-from tinygrad_tx.viz.plots import _figure, _save
+from tinygrad_tx.viz.plots import figure, save_figure
 
 from . import drawings, tasks
 from . import vocab as vocab_module
@@ -263,7 +263,7 @@ def plot_panels(path: str, panels: list[Panel], title: str | None = None, cols: 
     first = _host(panels[0].values)
     height = grid_rows * (cell * first.shape[0] + 1.4) + (0.5 if title else 0.0)
     width = cols * (min(cell * first.shape[1], 7.0) + 2.0) + (1.0 if colorbar else 0.0)
-    fig = _figure(max(width, 5.0), max(height, 3.0))
+    fig = figure(max(width, 5.0), max(height, 3.0))
     image = None
     for k, panel in enumerate(panels):
         values = _host(panel.values)
@@ -292,7 +292,7 @@ def plot_panels(path: str, panels: list[Panel], title: str | None = None, cols: 
         fig.colorbar(image, ax=fig.axes, shrink=0.8, label=colorbar)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_heads(path: str, weights, queries, keys, title: str, ylabel: str, xlabel: str) -> str:

@@ -9,10 +9,12 @@ import math
 import os
 
 from .. import backend
+from ..serialization import atomic_write
 from ..tensor import Tensor
 
 
-def _figure(width, height):
+def figure(width, height):
+    """A matplotlib Figure on its own Agg canvas (no pyplot, no display needed)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -24,17 +26,11 @@ def _figure(width, height):
     return fig
 
 
-def _save(fig, path) -> str:
-    """Write the figure atomically (temp file + os.replace); the format comes from the suffix."""
+def save_figure(fig, path) -> str:
+    """Write the figure with the one atomic writer; the format comes from the suffix (png by default)."""
     path = os.fspath(path)
     fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        fig.savefig(tmp, format=fmt)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt))
     return path
 
 
@@ -73,7 +69,7 @@ def plot_attention(weights, src_tokens, tgt_tokens, path, title: str | None = No
     longest = max([len(t) for t in src_tokens + tgt_tokens] + [1])
     width = cols * (tk * cell + 0.1 * longest + 0.9) + 1.0
     height = rows * (tq * cell + 0.1 * longest + 0.9) + 0.3
-    fig = _figure(max(width, 3.5), max(height, 3.0))
+    fig = figure(max(width, 3.5), max(height, 3.0))
     vmax = float(w.max()) if w.size else 1.0
     annotate = tq * tk <= 144
     for h in range(n_heads):
@@ -97,7 +93,7 @@ def plot_attention(weights, src_tokens, tgt_tokens, path, title: str | None = No
     fig.colorbar(image, ax=fig.axes, shrink=0.8, label="attention weight")
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def sinusoid_table(max_len: int, d_model: int):
@@ -117,11 +113,11 @@ def plot_positional_encoding(max_len: int, d_model: int, path) -> str:
     if max_len < 1 or d_model < 1:
         raise ValueError(f"plot_positional_encoding: max_len and d_model must be >= 1, got {max_len}, {d_model}")
     table = sinusoid_table(max_len, d_model)
-    fig = _figure(min(4 + d_model / 24, 14), min(3 + max_len / 24, 10))
+    fig = figure(min(4 + d_model / 24, 14), min(3 + max_len / 24, 10))
     ax = fig.add_subplot(1, 1, 1)
     image = ax.imshow(table, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
     ax.set_xlabel("dimension i  (even: sin, odd: cos; the wavelength grows with i)")
     ax.set_ylabel("position pos")
     ax.set_title(f"Sinusoidal positional encoding, max_len={max_len}, d_model={d_model}")
     fig.colorbar(image, ax=ax, label="PE[pos, i]")
-    return _save(fig, path)
+    return save_figure(fig, path)

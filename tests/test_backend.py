@@ -1,0 +1,98 @@
+"""The backend: devices and array modules (backend.py), and the generators beside it (random.py)."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import to_host
+
+import tinygrad_tx as tx
+from tinygrad_tx import backend, random
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------- devices and array modules
+def test_cuda_without_cupy_says_how_to_get_it():
+    if tx.cuda_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match=r"pip install tinygrad-tx\[gpu\]"):
+        tx.Tensor([1.0], device="cuda")
+
+
+def test_default_device_from_env():
+    code = "import tinygrad_tx as tx; print(tx.Tensor([1.0]).device)"
+    env = dict(os.environ, TX_DEVICE="cpu")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "cpu"
+    env["TX_DEVICE"] = "tpu"
+    bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    assert bad.returncode != 0 and "unknown device 'tpu'" in bad.stderr
+
+
+def test_device_names_normalise_and_unknown_ones_are_refused():
+    assert backend.check_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match=r"unknown device 'gpu'; expected one of \('cpu', 'cuda'\)"):
+        backend.check_device("gpu")
+
+
+def test_array_module_and_device_follow_the_array(device):
+    xp = backend.get_xp(device)
+    a = xp.arange(3)
+    assert backend.array_module(a) is xp and backend.device_of(a) == device and backend.is_array(a)
+    assert not backend.is_array([1, 2, 3])
+    moved = backend.to_device(a, "cpu")
+    assert backend.device_of(moved) == "cpu" and isinstance(moved, np.ndarray)
+    np.testing.assert_array_equal(backend.to_numpy(a), [0, 1, 2])
+    assert backend.to_device(moved, "cpu") is moved            # no copy when it is already there
+    assert isinstance(backend.as_array(np.float32(2.0)), np.ndarray)   # NumPy scalars become 0-d arrays
+
+
+def test_only_backend_imports_numpy_or_cupy():
+    offenders = []
+    for path in (ROOT / "tinygrad_tx").rglob("*.py"):
+        if path.name == "backend.py":
+            continue
+        text = path.read_text()
+        if re.search(r"^\s*(import|from)\s+(numpy|cupy)\b", text, re.MULTILINE):
+            offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []
+
+
+def test_backend_holds_devices_and_array_modules_only():
+    names = set(vars(backend))
+    assert not names & {"manual_seed", "rng", "rng_state", "set_rng_state", "index_add_rows", "write_npz",
+                        "read_npz"}
+
+
+# ---------------------------------------------------------------------------- random generators
+def test_manual_seed_makes_every_draw_repeat(device):
+    tx.manual_seed(7)
+    first = to_host(random.rng(device).random(5))
+    tx.manual_seed(7)
+    again = to_host(random.rng(device).random(5))
+    tx.manual_seed(8)
+    other = to_host(random.rng(device).random(5))
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_rng_state_round_trip_resumes_the_stream():
+    tx.manual_seed(0)
+    random.rng("cpu").random(3)
+    state = random.rng_state()
+    expected = random.rng("cpu").random(4)
+    random.rng("cpu").random(10)                               # move on, then go back
+    random.set_rng_state(state)
+    np.testing.assert_array_equal(random.rng("cpu").random(4), expected)
+
+
+def test_a_private_generator_leaves_the_device_generator_alone():
+    tx.manual_seed(1)
+    expected = random.rng("cpu").random(3)
+    tx.manual_seed(1)
+    np.testing.assert_array_equal(random.generator(1).random(3), random.generator(1).random(3))
+    np.testing.assert_array_equal(random.rng("cpu").random(3), expected)
