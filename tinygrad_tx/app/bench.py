@@ -76,8 +76,9 @@ def make_batch(c: BenchConfig, seed=0):
 
 # ---------------------------------------------------------------------------- the two frameworks
 def tx_setup(c: BenchConfig, seed=0):
-    import tinygrad_tx as tx
     from tinygrad_tx.models.transformer import Transformer, TransformerConfig
+
+    import tinygrad_tx as tx
     tx.manual_seed(seed)
     model = Transformer(TransformerConfig(src_vocab=c.vocab, tgt_vocab=c.vocab, d_model=c.d_model, n_heads=c.n_heads,
                                           d_ff=c.d_ff, n_layers=c.n_layers, dropout=0.0, pad_id=PAD))
@@ -212,8 +213,9 @@ def peak_memory(framework: str, config: str, steps: int = 2) -> int:
 
 def time_decoding(c: BenchConfig, sentences=64, max_len=None, repeats=3):
     """Greedy decoding of `sentences` sources with and without the key/value cache (seconds, median)."""
-    import tinygrad_tx as tx
     from tinygrad_tx.models.decoding import greedy_decode
+
+    import tinygrad_tx as tx
     model, _ = tx_setup(c)
     model.eval()
     src = tx.Tensor(make_batch(replace(c, batch=sentences), seed=1)[0])
@@ -269,9 +271,9 @@ def machine_description():
 
 def markdown(result) -> str:
     lines = [f"Machine: {result['machine']}; NumPy float32 GEMM {result['gemm_gflops']:.0f} GFLOP/s in this run.", "",
-             "| config | tinygrad_tx ms/step | torch ms/step | ratio | tx tokens/s | torch tokens/s | tx MFU "
-             "| torch MFU "
-             "| tx peak MB | torch peak MB | greedy 64 cached s | uncached s | cache speed-up |",
+             ("| config | tinygrad_tx ms/step | torch ms/step | ratio | tx tokens/s | torch tokens/s | tx MFU "
+              "| torch MFU "
+              "| tx peak MB | torch peak MB | greedy 64 cached s | uncached s | cache speed-up |"),
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         mem = (f"{r['tx_peak_mb']:.0f} | {r['torch_peak_mb']:.0f}" if "tx_peak_mb" in r else "- | -")
