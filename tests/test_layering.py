@@ -4,7 +4,7 @@
 
 The engine's side modules sit between them where their imports put them: random (the generators)
 on the backend, serialization (files) on the tensor, kernels (GPU code) under the primitives,
-gradcheck and viz (drawing) on nn. `tinygrad_tx/__init__.py` gathers the engine, so only models
+gradcheck and viz (drawing) on nn, distributed (MPI) beside optim. `tinygrad_tx/__init__.py` gathers the engine, so only models
 and the application may import the package itself. `tinygrad_tx/__main__.py` is the entry point
 that starts the application.
 """
@@ -31,6 +31,7 @@ LAYERS = [
     ("nn", ["tinygrad_tx.nn"]),
     ("gradcheck", ["tinygrad_tx.gradcheck"]),
     ("optim", ["tinygrad_tx.optim"]),
+    ("distributed", ["tinygrad_tx.distributed"]),
     ("viz", ["tinygrad_tx.viz", "tinygrad_tx.viz.*"]),
     ("the engine package", ["tinygrad_tx"]),
     ("models", ["tinygrad_tx.models", "tinygrad_tx.models.*"]),
