@@ -8,7 +8,7 @@ the CLI, the benchmark and the guide builder). `import tinygrad_tx` loads neithe
 """
 from . import backend
 from . import random
-from .tensor import Tensor, where, cat, stack
+from .tensor import Tensor, where, cat, stack, arange, zeros, ones, full, zeros_like, ones_like, full_like
 from .autograd import Function, no_grad, is_grad_enabled, grad
 from . import primitives
 from . import functional
@@ -31,7 +31,7 @@ def cuda_available() -> bool:
     return backend.cuda_available()
 
 
-__all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "where", "cat", "stack", "manual_seed",
+__all__ = ["Tensor", "Function", "arange", "zeros", "ones", "full", "zeros_like", "ones_like", "full_like", "no_grad", "is_grad_enabled", "where", "cat", "stack", "manual_seed",
            "gradcheck", "gradgradcheck", "grad", "GradcheckError", "functional", "nn", "optim", "save", "load",
            "primitives", "backend", "random",
            "viz", "cuda_available", "distributed",

@@ -348,6 +348,35 @@ class Tensor:
     def abs(self):
         return fn.Abs.apply(self)
 
+    def sin(self):
+        return fn.Sin.apply(self)
+
+    def cos(self):
+        return fn.Cos.apply(self)
+
+    def erf(self):
+        return fn.Erf.apply(self)
+
+    def maximum(self, other):
+        """Elementwise max of two tensors (broadcasting); ties share the gradient equally, as torch."""
+        return fn.Maximum.apply(*self._promote(other))
+
+    def minimum(self, other):
+        """Elementwise min: -maximum(-a, -b)."""
+        a, b = self._promote(other)
+        return -fn.Maximum.apply(-a, -b)
+
+    def clip(self, min=None, max=None):
+        """Limit to [min, max] (either may be None). The gradient passes where min <= x <= max, as torch."""
+        out = self
+        if min is not None:
+            out = out.masked_fill(self < min, min)
+        if max is not None:
+            out = out.masked_fill(self > max, max)
+        return out
+
+    clamp = clip
+
     # ------------------------------------------------------------------ reductions
     def sum(self, axis=None, keepdims=False):
         return fn.Sum.apply(self, _axes(axis, self.ndim), keepdims)
@@ -372,11 +401,46 @@ class Tensor:
         return fn.Max.apply(self, _axes(axis, self.ndim), keepdims)
 
     def min(self, axis=None, keepdims=False):
-        return -((-self).max(axis, keepdims))
+        return fn.Min.apply(self, _axes(axis, self.ndim), keepdims)
 
     def argmax(self, axis=None, keepdims=False):
         out = self.xp.argmax(self.data, axis=axis, keepdims=keepdims)
         return Tensor._make(backend.as_array(out).astype(backend.int64), False, None)
+
+    def argmin(self, axis=None, keepdims=False):
+        out = self.xp.argmin(self.data, axis=axis, keepdims=keepdims)
+        return Tensor._make(backend.as_array(out).astype(backend.int64), False, None)
+
+    def cumsum(self, axis=0):
+        return fn.Cumsum.apply(self, axis % max(self.ndim, 1))
+
+    def logsumexp(self, axis=None, keepdims=False):
+        """log(sum(exp(x))) over the axes, computed as m + log(sum(exp(x - m))) with m = max x (a
+        constant: the result does not depend on it, so no gradient flows through it)."""
+        axes = _axes(axis, self.ndim)
+        m = self.max(axes, keepdims=True).detach()
+        out = m + (self - m).exp().sum(axes, keepdims=True).log()
+        if keepdims:
+            return out
+        return out.reshape(*[n for i, n in enumerate(out.shape) if axes is not None and i not in axes])
+
+    def prod(self, axis=None, keepdims=False):
+        """Product over one axis (or all): multiply the two halves until one slice is left. A tree of
+        Mul primitives, so zeros need no special case and every derivative comes from Mul's rule."""
+        x = self.reshape(-1) if axis is None else self
+        ax = 0 if axis is None else axis % max(self.ndim, 1)
+        n = x.shape[ax]
+        if n == 0:
+            shape = tuple(1 if i == ax else s for i, s in enumerate(x.shape))
+            x = Tensor._make(self.xp.ones(shape, dtype=self.dtype), False, None)
+        while n > 1:
+            half = n // 2
+            pairs = _take(x, ax, 0, half) * _take(x, ax, half, 2 * half)
+            x = pairs if n % 2 == 0 else cat([pairs, _take(x, ax, 2 * half, n)], axis=ax)
+            n = x.shape[ax]
+        if axis is None:
+            return x.reshape(*([1] * self.ndim)) if keepdims else x.reshape(())
+        return x if keepdims else x.squeeze(ax)
 
     # ------------------------------------------------------------------ movement
     def reshape(self, *shape):
@@ -423,6 +487,62 @@ class Tensor:
     def __getitem__(self, index):
         return fn.GetItem.apply(self, _index_arrays(index))
 
+    def split(self, split_size_or_sections, axis=0):
+        """Pieces along an axis: of size `split_size_or_sections` each (the last may be smaller), or of
+        the sizes in a list, as torch.split. Each piece is a GetItem of self."""
+        axis = axis % max(self.ndim, 1)
+        n = self.shape[axis]
+        if isinstance(split_size_or_sections, int):
+            if split_size_or_sections <= 0:
+                raise ValueError(f"split: the piece size must be positive, got {split_size_or_sections}")
+            sizes = [min(split_size_or_sections, n - start) for start in range(0, n, split_size_or_sections)]
+        else:
+            sizes = list(split_size_or_sections)
+            if sum(sizes) != n:
+                raise ValueError(f"split: sizes {sizes} add up to {sum(sizes)}, but axis {axis} of shape "
+                                 f"{self.shape} has {n}")
+        pieces, start = [], 0
+        for size in sizes:
+            pieces.append(_take(self, axis, start, start + size))
+            start += size
+        return tuple(pieces)
+
+    def chunk(self, chunks, axis=0):
+        """`chunks` pieces of equal size along an axis (the last may be smaller), as torch.chunk."""
+        n = self.shape[axis % max(self.ndim, 1)]
+        return self.split(max(-(-n // chunks), 1), axis)
+
+    def gather(self, axis, index):
+        """out[i][j] = self[index[i][j]][j] for axis 0 (and likewise for any axis), as torch.gather.
+
+        An advanced GetItem: `index` picks along `axis`, and every other axis is matched by position.
+        """
+        index = index.data if isinstance(index, Tensor) else backend.host_array(index)
+        if index.ndim != self.ndim:
+            raise ValueError(f"gather: index has {index.ndim} dimensions but the input (shape {self.shape}) "
+                             f"has {self.ndim}")
+        axis = axis % self.ndim
+        xp = self.xp
+        parts = []
+        for d in range(self.ndim):
+            if d == axis:
+                parts.append(xp.asarray(index))
+            else:
+                shape = [1] * self.ndim
+                shape[d] = index.shape[d]
+                parts.append(xp.arange(index.shape[d]).reshape(shape))
+        return fn.GetItem.apply(self, tuple(parts))
+
+    def tril(self, k=0):
+        """The lower triangle of the last two axes (from diagonal k), zeros above."""
+        keep = self.xp.tri(self.shape[-2], self.shape[-1], k, dtype=bool)
+        return fn.MaskedFill.apply(self, ~keep, 0.0)
+
+    def triu(self, k=0):
+        """The upper triangle of the last two axes (from diagonal k), zeros below."""
+        below = self.xp.tri(self.shape[-2], self.shape[-1], k - 1, dtype=bool)
+        return fn.MaskedFill.apply(self, below, 0.0)
+
     def expand(self, *shape):
         """Broadcast to `shape` (as a differentiable op: x + zeros)."""
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
@@ -468,6 +588,55 @@ def _index_arrays(index):
 
 
 # Module-level helpers composed from the primitives
+def _take(x, axis, start, stop):
+    """x[..., start:stop, ...] with the slice on `axis` (a basic GetItem)."""
+    index = [slice(None)] * x.ndim
+    index[axis] = slice(start, stop)
+    return x[tuple(index)]
+
+
+# Constructors, as torch's: no gradient unless requires_grad=True
+def _shape_of(shape):
+    return tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else tuple(shape)
+
+
+def full(shape, fill_value, dtype=None, device=None, requires_grad=False):
+    """A tensor of `shape` filled with `fill_value` (float32 for a float, int64 for an int, as torch)."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    dt = backend.dtype(dtype) if dtype is not None else _infer_dtype(fill_value).dtype
+    xp = backend.get_xp(backend.check_device(device))
+    return Tensor(xp.full(shape, fill_value, dtype=dt), requires_grad=requires_grad)
+
+
+def zeros(*shape, dtype="float32", device=None, requires_grad=False):
+    return full(_shape_of(shape), 0, dtype=dtype, device=device, requires_grad=requires_grad)
+
+
+def ones(*shape, dtype="float32", device=None, requires_grad=False):
+    return full(_shape_of(shape), 1, dtype=dtype, device=device, requires_grad=requires_grad)
+
+
+def full_like(t, fill_value, dtype=None, requires_grad=False):
+    return full(t.shape, fill_value, dtype=dtype or t.dtype, device=t.device, requires_grad=requires_grad)
+
+
+def zeros_like(t, dtype=None, requires_grad=False):
+    return full_like(t, 0, dtype=dtype, requires_grad=requires_grad)
+
+
+def ones_like(t, dtype=None, requires_grad=False):
+    return full_like(t, 1, dtype=dtype, requires_grad=requires_grad)
+
+
+def arange(start, stop=None, step=1, dtype=None, device=None, requires_grad=False):
+    """start, start + step, ... below stop (arange(n) counts from 0); int64 for ints, else float32."""
+    if stop is None:
+        start, stop = 0, start
+    dt = backend.dtype(dtype) if dtype is not None else _infer_dtype([start, stop, step]).dtype
+    xp = backend.get_xp(backend.check_device(device))
+    return Tensor(xp.arange(start, stop, step, dtype=dt), requires_grad=requires_grad)
+
+
 def where(cond, a, b):
     """Elementwise `a if cond else b`, broadcasting all three. Gradients flow to a and b."""
     ref = a if isinstance(a, Tensor) else b if isinstance(b, Tensor) else None
