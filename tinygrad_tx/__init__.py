@@ -17,6 +17,7 @@ from . import optim
 from . import distributed
 from .serialization import save, load
 from .gradcheck import gradcheck, gradgradcheck, GradcheckError
+from .transforms import vjp, jvp, hvp
 from .random import manual_seed
 from . import viz
 
@@ -32,7 +33,7 @@ def cuda_available() -> bool:
 
 
 __all__ = ["Tensor", "Function", "arange", "zeros", "ones", "full", "zeros_like", "ones_like", "full_like", "no_grad", "is_grad_enabled", "where", "cat", "stack", "manual_seed",
-           "gradcheck", "gradgradcheck", "grad", "GradcheckError", "functional", "nn", "optim", "save", "load",
+           "gradcheck", "gradgradcheck", "grad", "vjp", "jvp", "hvp", "GradcheckError", "functional", "nn", "optim", "save", "load",
            "primitives", "backend", "random",
            "viz", "cuda_available", "distributed",
            "float32", "float64", "int64", "bool_"]
