@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import to_host
-from test_models import D, FF, H, randomize, torch_decoder_layer, torch_encoder_layer
+from test_models import FF, D, H, torch_decoder_layer, torch_encoder_layer
+from tinygrad_tx.models.transformer import Transformer, TransformerConfig, sinusoidal_encoding
 
 import tinygrad_tx as tx
 from tinygrad_tx import functional as F
-from tinygrad_tx.models.transformer import Transformer, TransformerConfig, sinusoidal_encoding
 
 TOL = {"rtol": 1e-8, "atol": 1e-8}
 

@@ -62,7 +62,7 @@ def vjp(func, *primals):
     """
     leaves = _fresh_leaves(_as_tuple(primals, "vjp", "primals")[0])
     out = func(*leaves)
-    outs, single = _as_tuple(out, "vjp", "the output of func")
+    outs, _ = _as_tuple(out, "vjp", "the output of func")
 
     def vjp_fn(cotangents):
         cts, _ = _as_tuple(cotangents, "vjp_fn", "cotangents")
