@@ -1,6 +1,7 @@
 """tinygrad_tx.viz: graph structure on known expressions, depth folding, backward drawings, explain,
 rendering with the real `dot`, the no-Graphviz path, and the attention / positional-encoding plots."""
 import gc
+import html
 import re
 import shutil
 import struct
@@ -12,8 +13,8 @@ import numpy as np
 import pytest
 
 import tinygrad_tx as tx
-from tinygrad_tx.app import drawings
 from tinygrad_tx import nn
+from tinygrad_tx.app import drawings
 from tinygrad_tx.viz import graph as viz_graph
 from tinygrad_tx.viz import record as viz_record
 
@@ -23,10 +24,12 @@ needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's d
 
 # ---------------------------------------------------------------------------- reading a drawing back
 def _attr(statement, name):
-    m = re.search(name + r'=("(?:[^"\\]|\\.)*"|[^ \]]+)', statement)
+    m = re.search(name + r'=(<<TABLE.*?</TABLE>>|"(?:[^"\\]|\\.)*"|[^ \]]+)', statement)
     if m is None:
         return None
     value = m.group(1)
+    if value.startswith("<<TABLE"):            # an HTML label: one table row per line
+        return "\n".join(html.unescape(cell) for cell in re.findall(r"<TD>(.*?)</TD>", value))
     return value[1:-1] if value.startswith('"') else value
 
 
@@ -182,6 +185,22 @@ def test_depth_folds_deeper_modules_into_boxes_with_their_shapes():
         "head: Linear\nin:  (3, 4)\nout: (3, 2)\n3 ops, 2 parameters (10 values)"]
 
 
+def test_a_folded_box_that_computes_the_root_lists_its_output_shape():
+    net, _ = net_loss()
+    x = named(tx.Tensor(np.ones((3, 4), dtype=np.float32)), "x")
+    out = net(x)                                      # the root is made inside the folded `head`
+    boxes = [label for label in labels(tx.viz.draw_graph(out, module=net, depth=0)) if ": " in label]
+    assert [label.split("\n")[2] for label in sorted(boxes)] == ["out: (3, 4)", "out: (3, 2)"]
+
+
+def test_labels_with_underscores_become_padded_tables_and_keep_their_text():
+    w = named(tx.Tensor(np.ones((2, 2), dtype=np.float32), requires_grad=True), "W_Q")
+    g = tx.viz.draw_graph((w * 2.0).sum())
+    assert "<<TABLE" in g.source and "<TD>W_Q</TD>" in g.source      # a plain label would let _ strike line 2
+    assert any(label.startswith("W_Q\n(2, 2) float32") for label in labels(g))
+    assert "‖" not in g.source                    # the double bar renders as grey boxes in many fonts
+
+
 def test_max_nodes_raises_a_clear_message_with_counts():
     net, loss = net_loss()
     with pytest.raises(ValueError, match=r"has 3\d nodes .*more than max_nodes=10; pass depth=K .*nest 3 deep"):
@@ -222,8 +241,8 @@ def test_record_gradients_puts_norms_on_the_edges():
     b_norm = np.linalg.norm(b.grad.numpy())
     a_norm = np.linalg.norm(a.grad.numpy())
     edge_labels = [label for _, _, label in edges]
-    assert f"(3,)\n‖g‖ = {b_norm:.3g}" in edge_labels and f"(2, 3)\n‖g‖ = {a_norm:.3g}" in edge_labels
-    assert f"b.grad (3,)\n‖grad‖ = {b_norm:.3g}" in [label for label, _ in nodes.values()]
+    assert f"(3,)\n|g| = {b_norm:.3g}" in edge_labels and f"(2, 3)\n|g| = {a_norm:.3g}" in edge_labels
+    assert f"b.grad (3,)\n|grad| = {b_norm:.3g}" in [label for label, _ in nodes.values()]
 
 
 def test_backward_drawing_of_a_module_keeps_its_clusters_and_folds_with_depth():

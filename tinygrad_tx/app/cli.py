@@ -9,7 +9,7 @@
     tinygrad-tx draw [--what] WHAT --out FILE [--depth K] [--backward]
     tinygrad-tx draw --checkpoint RUN_DIR --sentence "text" --attention --out DIR
     tinygrad-tx demo [--out RUN_DIR] [--minutes M]
-    tinygrad-tx guide [--out docs] [--checkpoint RUN_DIR] [--minutes M | --steps N]
+    tinygrad-tx guide [--checkpoint RUN_DIR] [--quick] [--out DIR] [--check]
     tinygrad-tx bench [...]
 """
 from __future__ import annotations
@@ -23,9 +23,9 @@ from tinygrad_tx import distributed as dist
 from tinygrad_tx import viz
 
 from . import drawings, tasks
+from .analysis import translate_and_attend
 from .checkpoint import has_checkpoint, load_model, read_json
 from .config import CheckpointError, TrainConfig
-from .guide import build_guide, translate_and_attend
 from .train import train
 from .translate import Translator
 
@@ -196,9 +196,16 @@ def cmd_bench(argv) -> int:
 
 
 def cmd_guide(args) -> int:
-    """Write docs/illustrated.md and its figures from a trained (or freshly trained) numbers-en-fr model."""
-    print(build_guide(args.out, steps=args.steps, minutes=args.minutes, checkpoint=args.checkpoint,
-                      quick=args.quick))
+    """Regenerate the pages of docs/ from their sources in docs/src/: notebooks, markdown and figures."""
+    from . import guide
+    if args.check:
+        stale = guide.notebooks_in_sync(args.docs)
+        for path in stale:
+            print(f"guide: {path} differs from its source; run tinygrad-tx guide", file=sys.stderr)
+        return 1 if stale else 0
+    for path in guide.build(args.docs, pages=args.pages or guide.PAGES, quick=args.quick,
+                            checkpoint=args.checkpoint, out=args.out):
+        print(path)
     return 0
 
 
@@ -260,13 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--minutes", type=float, default=3.0)
     m.add_argument("--device", choices=["cpu", "cuda"])
 
-    gd = sub.add_parser("guide", help="write the illustrated guide (docs/illustrated.md) from a trained model")
-    gd.add_argument("--out", default="docs", help="directory for illustrated.md and its figures (default docs)")
-    gd.add_argument("--checkpoint", metavar="RUN_DIR", help="load this run (or train into it when it is empty)")
-    budget = gd.add_mutually_exclusive_group()
-    budget.add_argument("--minutes", type=float, help="training time when no checkpoint is given (default 3)")
-    budget.add_argument("--steps", type=int, help="training steps instead of minutes")
-    gd.add_argument("--quick", action="store_true", help="a tiny model trained a few steps (for tests)")
+    gd = sub.add_parser("guide", help="regenerate docs/: the guide and the autodiff lesson (pages, notebooks, "
+                        "figures) from their sources in docs/src/")
+    gd.add_argument("--docs", default="docs", help="the folder holding src/ (default docs)")
+    gd.add_argument("--out", help="write the pages, notebooks and figures here instead of into --docs")
+    gd.add_argument("--checkpoint", metavar="RUN_DIR",
+                    help="the guide's model: load this run, or train into it (default runs/guide)")
+    gd.add_argument("--pages", nargs="+", metavar="NAME", help="only these pages (illustrated, autodiff)")
+    gd.add_argument("--quick", action="store_true", help="a tiny model trained a few steps (seconds; what CI runs)")
+    gd.add_argument("--check", action="store_true",
+                    help="only check that the committed notebooks match their sources (exit 1 if not)")
 
     sub.add_parser("bench", help="benchmark against PyTorch (options: tinygrad-tx bench --help)", add_help=False)
     return p

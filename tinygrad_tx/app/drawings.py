@@ -53,8 +53,9 @@ def _mlp(rng) -> Example:
 
 
 def _attention_head(rng) -> Example:
-    """One causal attention head, written out with the engine's primitives."""
-    T, d_model, d_k = 4, 8, 4
+    """One causal attention head, written out with the engine's primitives. T != d_k, so that the
+    transpose in Q K^T shows in the shapes; the mask says True = may attend, as models/attention.py."""
+    T, d_model, d_k = 5, 8, 3
     xp = backend.get_xp("cpu")
     x = _named(Tensor(rng.standard_normal((T, d_model)).astype(backend.float32)), "x")
     weights = {}
@@ -65,8 +66,8 @@ def _attention_head(rng) -> Example:
     k = _named(x @ weights["W_K"], "K")                                  # (T, d_k)
     v = _named(x @ weights["W_V"], "V")                                  # (T, d_k)
     scores = _named((q @ k.transpose(0, 1)) * (1.0 / math.sqrt(d_k)), "scores = Q K^T / sqrt(d_k)")  # (T, T)
-    future = _named(Tensor(xp.triu(xp.ones((T, T), dtype=backend.bool_), k=1)), "causal mask (future)")
-    masked = _named(scores.masked_fill(future, -1e9), "masked scores")
+    allowed = _named(Tensor(xp.tril(xp.ones((T, T), dtype=backend.bool_))), "causal mask (True = may attend)")
+    masked = _named(scores.masked_fill(~allowed, -1e9), "masked scores")
     attn = _named(masked.softmax(axis=-1), "attention weights")          # (T, T)
     out = _named(attn @ v, "output")                                     # (T, d_k)
     loss = _named(out.sum(), "loss")

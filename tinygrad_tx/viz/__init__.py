@@ -9,11 +9,12 @@ Importing this package needs nothing beyond the engine: graphviz and matplotlib 
     explain(loss)                                       narrate, then run, the backward pass
     plot_attention(weights, src_tokens, tgt_tokens, path)
     plot_positional_encoding(max_len, d_model, path)
+    figure(width, height), save_figure(fig, path)      a blank matplotlib Figure; write one atomically
 """
 from .explain import explain, rule
 from .graph import GraphvizNotInstalled, draw_graph
-from .plots import plot_attention, plot_positional_encoding, sinusoid_table
+from .plots import figure, host_array, plot_attention, plot_positional_encoding, save_figure, sinusoid_table
 from .record import record_gradients
 
-__all__ = ["draw_graph", "record_gradients", "explain", "rule", "plot_attention", "plot_positional_encoding",
-           "sinusoid_table", "GraphvizNotInstalled"]
+__all__ = ["GraphvizNotInstalled", "draw_graph", "explain", "figure", "host_array", "plot_attention",
+           "plot_positional_encoding", "record_gradients", "rule", "save_figure", "sinusoid_table"]

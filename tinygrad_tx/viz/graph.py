@@ -12,6 +12,7 @@ The drawing holds strings only, never a tensor or a node.
 from __future__ import annotations
 
 import contextlib
+import html
 import textwrap
 
 from .. import backend
@@ -181,7 +182,7 @@ def _forward_picture(roots: list[Tensor]) -> _Picture:
 
 
 def _grad_label(shape, sent) -> str:
-    return fmt_shape(shape) + (f"\n‖g‖ = {sent[1]:.3g}" if sent is not None else "")
+    return fmt_shape(shape) + (f"\n|g| = {sent[1]:.3g}" if sent is not None else "")
 
 
 def _backward_picture(roots: list[Tensor]) -> tuple[_Picture, bool]:
@@ -320,6 +321,8 @@ def _collapse(pic: _Picture, scopes: _Scopes, depth: int) -> _Picture:
         for v in inner:             # a mask or input that the module made for itself is still an input
             if v.kind == "input":
                 box.obj["inputs"][v.id] = tuple(v.obj.shape)
+            if v.root and v.kind == "tensor":        # the drawing's root leaves through no edge: still an output
+                box.obj["outputs"].setdefault(v.id, tuple(v.obj.out_shape))
         params = [v.obj for v in inner if isinstance(v.obj, Parameter)]
         box.obj["params"] = (len(params), sum(p.size for p in params))
     return out
@@ -385,7 +388,7 @@ def _label(v: _Vertex, names: dict, scopes: _Scopes, show_values: bool) -> str:
         name = obj.name or names.get(id(obj)) or leaf_name(obj)
         lines = [f"{name}.grad {fmt_shape(obj.shape)}"]
         if obj.grad is not None:
-            lines.append(f"‖grad‖ = {record.norm(obj.grad.data):.3g}")
+            lines.append(f"|grad| = {record.norm(obj.grad.data):.3g}")
         return "\n".join(lines)
     if v.kind == "seed":
         if obj.size != 1:
@@ -393,6 +396,16 @@ def _label(v: _Vertex, names: dict, scopes: _Scopes, show_values: bool) -> str:
         short = obj.name if obj.name and len(obj.name) <= 6 and " " not in obj.name else "L"
         return f"{obj.name or 'output'} {fmt_shape(obj.shape)}\nstart: d{short}/d{short} = 1"
     raise AssertionError(f"unknown vertex kind {v.kind}")
+
+
+def _dot_label(text: str) -> str:
+    """A node label for Graphviz. Plain labels put lines so close that an underscore (W_Q) strikes
+    through the line below it; such labels become an HTML table with a little padding per line."""
+    lines = text.split("\n")
+    if not any("_" in line for line in lines[:-1]):
+        return text
+    rows = "".join(f"<TR><TD>{html.escape(line, quote=False) or ' '}</TD></TR>" for line in lines)
+    return f'<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1">{rows}</TABLE>>'
 
 
 def _emit(pic: _Picture, scopes: _Scopes, names: dict, show_values: bool, rankdir: str, note: str):
@@ -418,7 +431,7 @@ def _emit(pic: _Picture, scopes: _Scopes, names: dict, show_values: bool, rankdi
         if v.kind == "grad_op":
             attrs["tooltip"] = rule(v.obj)
         target = clusters[v.scope] if v.scope else g
-        target.node(v.id, _label(v, names, scopes, show_values), **attrs)
+        target.node(v.id, _dot_label(_label(v, names, scopes, show_values)), **attrs)
     for s in sorted(clusters, key=lambda s: -len(scopes.chain(s))):      # innermost first
         parent = scopes.parent(s)
         (clusters[parent] if parent else g).subgraph(clusters[s])

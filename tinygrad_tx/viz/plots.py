@@ -34,7 +34,8 @@ def save_figure(fig, path) -> str:
     return path
 
 
-def _host(weights):
+def host_array(weights):
+    """A Tensor, a backend array or nested lists as a NumPy array on the host (for plotting)."""
     if isinstance(weights, Tensor):
         return weights.numpy()
     return backend.to_numpy(weights) if backend.is_array(weights) else backend.host_array(weights)
@@ -53,7 +54,7 @@ def plot_attention(weights, src_tokens, tgt_tokens, path, title: str | None = No
     Returns:
         the path written.
     """
-    w = _host(weights)
+    w = host_array(weights)
     if w.ndim == 2:
         w = w[None]
     if w.ndim != 3:
@@ -116,7 +117,7 @@ def plot_positional_encoding(max_len: int, d_model: int, path) -> str:
     fig = figure(min(4 + d_model / 24, 14), min(3 + max_len / 24, 10))
     ax = fig.add_subplot(1, 1, 1)
     image = ax.imshow(table, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
-    ax.set_xlabel("dimension i  (even: sin, odd: cos; the wavelength grows with i)")
+    ax.set_xlabel("dimension j of the encoding  (j = 2i: sin, j = 2i+1: cos; both share the wavelength of pair i)")
     ax.set_ylabel("position pos")
     ax.set_title(f"Sinusoidal positional encoding, max_len={max_len}, d_model={d_model}")
     fig.colorbar(image, ax=ax, label="PE[pos, i]")
