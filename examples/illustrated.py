@@ -1,21 +1,20 @@
-"""Write docs/illustrated.md: The Illustrated Transformer, with every figure drawn by tinygrad_tx.
+"""Regenerate docs/: the illustrated guide and the autodiff lesson, their notebooks and every figure.
 
-    python examples/illustrated.py                                  # train 3 minutes, write docs/
-    python examples/illustrated.py --checkpoint runs/guide          # load runs/guide (or train into it)
-    python examples/illustrated.py --quick --out /tmp/guide         # a tiny model: seconds
+    python examples/illustrated.py                                  # the guide's model in runs/guide (trained 3 minutes if absent)
+    python examples/illustrated.py --quick --out /tmp/docs          # a tiny model: seconds
 
-All the work happens in tinygrad_tx.app.guide.build_guide (also `tinygrad-tx guide`).
+The same as `tinygrad-tx guide`. The prose and code live in docs/src/*.py (jupytext percent format);
+tinygrad_tx.app.guide.build runs them as notebooks and writes the pages.
 """
 import argparse
 
-from tinygrad_tx.app.guide import build_guide
+from tinygrad_tx.app import guide
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument("--out", default="docs", help="folder for illustrated.md; figures go to OUT/guide/")
-budget = parser.add_mutually_exclusive_group()
-budget.add_argument("--steps", type=int, help="train this many steps")
-budget.add_argument("--minutes", type=float, help="train this many minutes (default 3)")
-parser.add_argument("--checkpoint", metavar="RUN_DIR", help="a trained run to load, or where to train one")
+parser.add_argument("--docs", default="docs", help="the folder holding src/ (default docs)")
+parser.add_argument("--out", help="write here instead of into --docs")
+parser.add_argument("--checkpoint", metavar="RUN_DIR", help="the guide's model: a trained run, or where to train one")
 parser.add_argument("--quick", action="store_true", help="a tiny model trained for a few steps")
 args = parser.parse_args()
-print(build_guide(args.out, steps=args.steps, minutes=args.minutes, checkpoint=args.checkpoint, quick=args.quick))
+for path in guide.build(args.docs, quick=args.quick, checkpoint=args.checkpoint, out=args.out):
+    print(path)

@@ -249,6 +249,11 @@ def test_dtype_rules():
     assert (x + tx.Tensor([1, 2])).dtype == np.float32      # int promotes to float32, not float64
     with pytest.raises(TypeError, match="floating-point"):
         tx.Tensor([1, 2], requires_grad=True)
+    # An explicit dtype takes Python floats as they are (as torch.tensor does): no detour through float32.
+    assert tx.Tensor([0.5001], dtype=tx.float64).item() == 0.5001
+    assert tx.Tensor(0.1, dtype=tx.float64).item() == 0.1
+    assert tx.Tensor([1, 2], dtype=tx.float32).dtype == np.float32
+    assert tx.Tensor([True, False], dtype=tx.bool_).tolist() == [True, False]
 
 
 def test_tensor_basics(device):

@@ -65,7 +65,9 @@ class Tensor:
             arr = backend.to_device(data, device)
         else:
             device = backend.check_device(device)
-            arr = backend.to_device(_infer_dtype(data), device)
+            # With an explicit dtype, Python floats go straight to it: float64 data must not pass through float32.
+            host = _infer_dtype(data) if dtype is None else backend.host_array(data)
+            arr = backend.to_device(host, device)
         if dtype is not None and arr.dtype != backend.dtype(dtype):
             arr = arr.astype(backend.dtype(dtype))
         if requires_grad and not backend.is_floating(arr.dtype):

@@ -67,11 +67,12 @@ def _attention_head(rng) -> Example:
     v = _named(x @ weights["W_V"], "V")                                  # (T, d_k)
     scores = _named((q @ k.transpose(0, 1)) * (1.0 / math.sqrt(d_k)), "scores = Q K^T / sqrt(d_k)")  # (T, T)
     allowed = _named(Tensor(xp.tril(xp.ones((T, T), dtype=backend.bool_))), "causal mask (True = may attend)")
-    masked = _named(scores.masked_fill(~allowed, -1e9), "masked scores")
+    hidden = _named(~allowed, "~causal mask (True = a future key)")          # as models/attention.py does
+    masked = _named(scores.masked_fill(hidden, -1e9), "masked scores")
     attn = _named(masked.softmax(axis=-1), "attention weights")          # (T, T)
     out = _named(attn @ v, "output")                                     # (T, d_k)
     loss = _named(out.sum(), "loss")
-    return Example(out, loss, None, [q, k, v, scores, masked, attn])
+    return Example(out, loss, None, [q, k, v, scores, allowed, hidden, masked, attn])
 
 
 def _transformer_module():

@@ -34,6 +34,7 @@ PAIRING = "notebooks//ipynb,src//py:percent"        # jupytext: the notebook and
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 CELL_TIMEOUT = 900                                  # seconds; training the full guide's model takes minutes
 ENV_QUICK, ENV_CHECKPOINT = "TX_GUIDE_QUICK", "TX_GUIDE_CHECKPOINT"
+PAGE_FIGURES = "guide"                              # the pages' figures, under docs/ (the README's are in img/)
 
 
 def _log(message: str) -> None:
@@ -135,7 +136,11 @@ def execute(nb, cwd: str, quick: bool = False, checkpoint: str | None = None, ti
     with _environment(env), _kernel_manager() as km:
         client = nbclient.NotebookClient(nb, km=km, timeout=timeout, allow_errors=False,
                                          resources={"metadata": {"path": cwd}})
-        client.execute()
+        try:
+            client.execute()
+        finally:                                    # nbclient leaves a kernel it did not start running
+            if km.has_kernel:
+                km.shutdown_kernel(now=True)
     return nb
 
 
@@ -203,10 +208,27 @@ def to_markdown(nb, page: str) -> tuple[str, dict]:
     return "\n\n".join(blocks) + "\n", figures
 
 
+# ---------------------------------------------------------------------------- the README's drawings
+# The README's pictures of `tinygrad-tx draw` (its autodiff example is drawn by the autodiff lesson):
+# name under docs/ -> (the draw command's example, depth)
+README_DRAWINGS = {"img/attention_head.png": ("attention", None), "img/encoder_layer.png": ("encoder-layer", 0)}
+
+
+def readme_drawings(out: str) -> list[str]:
+    """Write the README's `tinygrad-tx draw` pictures under `out` (docs/img/); returns the paths."""
+    from .drawings import draw_command
+    written = []
+    for name, (what, depth) in README_DRAWINGS.items():
+        path = os.path.join(out, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        written.append(draw_command(what, path, depth=depth))
+    return written
+
+
 # ---------------------------------------------------------------------------- everything
 def build(docs: str = "docs", pages=PAGES, quick: bool = False, checkpoint: str | None = None,
           out: str | None = None, timeout: int = CELL_TIMEOUT) -> list[str]:
-    """Regenerate every page of the guide, its notebook and its figures.
+    """Regenerate every page of the guide, its notebook and its figures, and the README's drawings.
 
     Args:
         docs: the folder holding src/ (the sources).
@@ -222,7 +244,7 @@ def build(docs: str = "docs", pages=PAGES, quick: bool = False, checkpoint: str 
         the paths written.
     """
     out = out or docs
-    written = []
+    written = readme_drawings(out)
     cwd = os.path.abspath(os.path.join(docs, os.pardir))
     for page in pages:
         nb = read_source(docs, page)
@@ -242,4 +264,17 @@ def build(docs: str = "docs", pages=PAGES, quick: bool = False, checkpoint: str 
         atomic_write_text(md, text)
         written.append(md)
         _log(f"wrote {md} and {len(figures)} figures")
+    if set(pages) == set(PAGES):
+        _remove_stale_figures(out, written)
     return written
+
+
+def _remove_stale_figures(out: str, written: list[str]) -> None:
+    """Delete the PNGs in docs/guide/ (the pages' own folder) that no page shows any more."""
+    folder = os.path.join(out, PAGE_FIGURES)
+    keep = {os.path.abspath(p) for p in written}
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        path = os.path.abspath(os.path.join(folder, name))
+        if name.endswith(".png") and path not in keep:
+            os.remove(path)
+            _log(f"removed {path}: no page shows it")
