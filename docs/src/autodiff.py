@@ -333,8 +333,9 @@ assert abs(analytic - (plus - minus) / (2 * h)) < 1e-7
 # outputs (a trajectory as a function of one parameter) is cheaper forward.
 #
 # Forward mode is the easier one to write: carry each value together with its tangent (a *dual
-# number*) and apply each primitive's derivative as you go. It is not part of the engine, so here it
-# is, for the three operations of an example, beside the engine's reverse mode:
+# number*) and apply each primitive's derivative as you go. The engine has no forward mode of its own
+# (section 7 gets the same products from two reverse passes), so here it is, written out for the
+# three operations of an example, beside the engine's reverse mode:
 
 # %%
 class Dual:
@@ -382,35 +383,69 @@ assert np.allclose(J_forward, J_reverse, atol=1e-12)
 # ## 7. Higher-order derivatives
 #
 # A gradient of a gradient (a Hessian-vector product, the gradient penalty of a WGAN, MAML's inner
-# step) needs the backward pass itself to be differentiable. **tinygrad_tx does not support this
-# yet.** The reason is visible in section 1: each primitive's `backward` works on raw backend arrays
-# (`g * y` on NumPy or CuPy arrays), not on Tensors, so the gradient that lands in `x.grad` has no
-# graph behind it, and differentiating it again gives nothing. DeZero and PyTorch get higher
-# derivatives by writing every backward with differentiable Tensor operations and, on request
-# (`create_graph=True`), recording the backward pass as a graph of its own:
+# step) needs the backward pass itself to be differentiable. In an ordinary `backward()` each
+# primitive's backward computes on raw backend arrays (`g * y` on NumPy or CuPy arrays, section 1):
+# fast, but the gradient that lands in `x.grad` has no graph behind it. With `create_graph=True`
+# the same backward code receives Tensors instead ([`Function`](../tinygrad_tx/autograd.py) explains
+# the two modes), so its arithmetic is recorded like any forward pass, and the gradient can be
+# differentiated again: DeZero's trick, and PyTorch's `create_graph`.
+# [`tx.grad`](../tinygrad_tx/autograd.py) returns gradients instead of adding them into `.grad`, as
+# `torch.autograd.grad` does:
 
 # %%
 x = tx.Tensor([0.5], dtype=tx.float64, requires_grad=True)
-x.tanh().sum().backward()
-print("d tanh/dx at 0.5:", x.grad.item(), "| has a graph:", x.grad._ctx is not None,
-      "| requires grad:", x.grad.requires_grad)
+(d1,) = tx.grad(x.tanh().sum(), x, create_graph=True)      # 1 - tanh(x)^2, itself a graph
+(d2,) = tx.grad(d1.sum(), x)                               # its derivative: -2 tanh(x) (1 - tanh(x)^2)
+t = np.tanh(0.5)
+print(f"first derivative {d1.item():.12f} (exact {1 - t ** 2:.12f}), has a graph: {d1.requires_grad}")
+print(f"second derivative {d2.item():.12f} (exact {-2 * t * (1 - t ** 2):.12f})")
+assert abs(d2.item() - (-2 * t * (1 - t ** 2))) < 1e-12
 
 # %% [markdown]
-# Until that lands, a second derivative can still be *checked* numerically: a central difference of
-# the engine's first derivative, which is how the Hessian-vector products of section 5's method would
-# be tested:
+# The same check as section 5, one level up: a central difference of the first derivative agrees
+# with the second derivative, which is what [`tx.gradgradcheck`](../tinygrad_tx/gradcheck.py) does
+# for every input along random directions.
+#
+# **Hessian-vector products.** For f: Rⁿ → R the Hessian H has n² entries, but `H v` costs only two
+# backward passes: differentiate `∇f(x) · v` once more. The same tool gives forward mode without
+# dual numbers: the VJP `v^T J` is linear in v, so differentiating `(v^T J) · u` with respect to v
+# gives `J u`, a JVP from two reverse passes (the *double-VJP trick*). Both, checked against finite
+# differences and against the dual numbers of section 6:
 
 # %%
-def first_derivative(x0):
-    t = tx.Tensor([x0], dtype=tx.float64, requires_grad=True)
-    t.tanh().sum().backward()
-    return t.grad.item()
+def f_scalar(x):
+    wx = tx.Tensor(W) @ x
+    return (wx.tanh() * wx).sum()                            # R^4 -> R
 
 
-second = central(first_derivative, 0.5, 1e-4)
-exact2 = -2 * np.tanh(0.5) * (1 - np.tanh(0.5) ** 2)
-print(f"d²tanh/dx² at 0.5: central difference of backward {second:.8f}, exact {exact2:.8f}")
-assert abs(second - exact2) < 1e-7
+xv = tx.Tensor(x0, requires_grad=True)
+vec = rng.standard_normal(n)
+(gx,) = tx.grad(f_scalar(xv), xv, create_graph=True)        # the gradient, as a graph
+(hv,) = tx.grad((gx * tx.Tensor(vec)).sum(), xv)            # H v in one more backward
+h = 1e-5
+
+
+def gradient(x_np):
+    xt = tx.Tensor(x_np, requires_grad=True)
+    return tx.grad(f_scalar(xt), xt)[0].numpy()
+
+
+hv_numeric = (gradient(x0 + h * vec) - gradient(x0 - h * vec)) / (2 * h)
+print(f"H v: two backward passes vs central differences of the gradient: max difference "
+      f"{np.abs(hv.numpy() - hv_numeric).max():.1e}")
+assert np.allclose(hv.numpy(), hv_numeric, atol=1e-8)
+
+# Forward mode from two reverse passes: J u = d/dv [(v^T J) . u], for g of section 6.
+u = rng.standard_normal(n)
+xu = tx.Tensor(x0, requires_grad=True)
+wx = tx.Tensor(W) @ xu
+g_out = wx.tanh() * wx                                       # (m,)
+v_dummy = tx.Tensor(np.zeros(m), requires_grad=True)         # any value: v^T J is linear in v
+(vjp,) = tx.grad(g_out, xu, grad_outputs=v_dummy, create_graph=True)       # v^T J, a graph in v
+(jvp,) = tx.grad((vjp * tx.Tensor(u)).sum(), v_dummy)                    # J u
+print(f"J u by the double-VJP trick vs the dual numbers of section 6: max difference "
+      f"{np.abs(jvp.numpy() - J_forward @ u).max():.1e}")
+assert np.allclose(jvp.numpy(), J_forward @ u, atol=1e-12)
 
 # %% [markdown]
 # ## Where to go next
