@@ -128,7 +128,7 @@ def built(tmp_path_factory):
 
 def test_quick_build_runs_every_cell_and_writes_the_same_structure(built):
     """The notebooks ran top to bottom (their asserts held), and the pages have the committed pages'
-    sections and figures: only the numbers (and what the pictures show) come from the tiny model."""
+    sections and figures: only the numbers, the pictures and the number of layers come from the tiny model."""
     root, written = built
     out = root / "out"
     for page in guide.PAGES:
@@ -137,7 +137,10 @@ def test_quick_build_runs_every_cell_and_writes_the_same_structure(built):
         text = md.read_text(encoding="utf-8")
         committed = (DOCS / f"{page}.md").read_text(encoding="utf-8")
         assert HEADING.findall(text) == HEADING.findall(committed)
-        assert images(md) == images(DOCS / f"{page}.md")
+        # one figure per layer: the quick model has fewer layers than the committed page's
+        per_layer = [re.sub(r"layer\d+", "layer<i>", name) for name in images(md)]
+        committed_per_layer = [re.sub(r"layer\d+", "layer<i>", name) for name in images(DOCS / f"{page}.md")]
+        assert list(dict.fromkeys(per_layer)) == list(dict.fromkeys(committed_per_layer))
         for target in images(md):
             width, height = png_size(out / target)
             assert 200 <= width <= 6000 and 150 <= height <= 6000, f"{target} is {width}x{height}"
