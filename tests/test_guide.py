@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tinygrad_tx.models.attention import MultiHeadAttention
+from tinygrad_tx.models.transformer import sinusoidal_encoding
 
 import tinygrad_tx as tx
 from tinygrad_tx.app import analysis, guide
-from tinygrad_tx.models.attention import MultiHeadAttention
-from tinygrad_tx.models.transformer import sinusoidal_encoding
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
