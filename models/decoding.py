@@ -64,7 +64,18 @@ class _Prefixes:
         self.ys = tx.cat([self.ys, column], axis=1)                    # (rows, t + 1)
 
 
+def _model_device(model, default):
+    """The device of the model's weights (`default` for a model without parameters)."""
+    params = list(model.parameters()) if hasattr(model, "parameters") else []
+    return params[0].device if params else default
+
+
 def _encode(model, src, src_mask):
+    # Token ids are small: bring them to the model's device (a batch made on the host works on the GPU).
+    device = _model_device(model, src.device)
+    src = src.to(device)
+    if src_mask is not None:
+        src_mask = src_mask.to(device)
     if src_mask is None:
         src_mask = padding_mask(src, model.config.pad_id)
     return model.encode(src, src_mask), src_mask
@@ -75,7 +86,7 @@ def greedy_decode(model, src, max_len, bos_id, eos_id, src_mask=None, use_cache=
 
     Args:
         model: a models.transformer.Transformer.
-        src: (B, S) source token ids.
+        src: (B, S) source token ids, on any device (they are moved to the model's).
         max_len: the longest output, BOS included.
         src_mask: default padding_mask(src, pad_id).
         use_cache: decode incrementally with key/value caches (same tokens, faster).
@@ -131,7 +142,7 @@ def beam_search(model, src, beam_size=4, max_len=64, bos_id=1, eos_id=2, length_
 
     Args:
         model: a models.transformer.Transformer.
-        src: (B, S) source token ids.
+        src: (B, S) source token ids, on any device (they are moved to the model's).
         beam_size: K, the prefixes kept per source row (beam_size=1 is greedy decoding).
         max_len: the longest output, BOS included.
         length_penalty: alpha in lp(Y) = ((5 + |Y|) / 6)^alpha, |Y| = tokens after BOS (EOS included).

@@ -1,5 +1,6 @@
 """The backend fixture: every test that takes `device` runs on NumPy, and on CuPy where a GPU is present."""
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -7,6 +8,10 @@ import pytest
 import tinygrad_tx as tx
 
 DEVICES = ["cpu", "cuda"]
+
+DOT_HINT = ("Graphviz's dot is not installed: apt-get install graphviz (Debian/Ubuntu), brew install graphviz "
+            "(macOS) or conda install graphviz")
+needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason=DOT_HINT)
 
 
 @pytest.fixture(params=DEVICES)

@@ -3,6 +3,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,68 @@ def test_backend_holds_devices_and_array_modules_only():
     names = set(vars(backend))
     assert not names & {"manual_seed", "rng", "rng_state", "set_rng_state", "index_add_rows", "write_npz",
                         "read_npz"}
+
+
+# ---------------------------------------------------------------------------- a fake CuPy: the device rules without a GPU
+class ndarray:
+    """Looks like a cupy.ndarray to the backend: its type is called ndarray and lives in CuPy's module."""
+    __module__ = "cupy._core._ndarray"
+
+    def __init__(self, host):
+        self.host = np.asarray(host)
+
+    dtype = property(lambda self: self.host.dtype)
+    shape = property(lambda self: self.host.shape)
+    ndim = property(lambda self: self.host.ndim)
+    size = property(lambda self: self.host.size)
+
+    def astype(self, dtype):
+        return ndarray(self.host.astype(dtype))
+
+    def get(self):
+        return self.host
+
+
+@pytest.fixture
+def fake_cupy(monkeypatch):
+    """A CuPy that 'loads' (as if a GPU answered) without this process ever having imported cupy."""
+    fake = types.SimpleNamespace(ndarray=ndarray, asarray=lambda a: ndarray(a), __name__="cupy")
+    monkeypatch.setattr(backend, "_cupy", None)               # nothing has imported CuPy yet
+    monkeypatch.setattr(backend, "_load_cupy", lambda: fake)
+    return fake
+
+
+def test_tx_device_wins_for_host_arrays(fake_cupy, monkeypatch):
+    monkeypatch.setenv("TX_DEVICE", "cuda")
+    for data in (np.ones(3, np.float32), np.arange(4), [1.0, 2.0], 3.0):
+        t = tx.Tensor(data)
+        assert isinstance(t.data, ndarray) and t.device == "cuda", type(data)
+    assert tx.Tensor(np.ones(3), device="cpu").device == "cpu"        # an explicit device still wins
+    assert tx.nn.Parameter(np.ones(2)).device == "cuda"
+
+
+def test_without_tx_device_host_data_stays_on_the_cpu(monkeypatch):
+    monkeypatch.delenv("TX_DEVICE", raising=False)
+    assert tx.Tensor(np.ones(3)).device == "cpu" and tx.Tensor([1.0]).device == "cpu"
+
+
+def test_a_cupy_array_is_recognised_before_anything_imported_cupy(fake_cupy, monkeypatch):
+    monkeypatch.setenv("TX_DEVICE", "cpu")
+    a = ndarray(np.ones((2, 3), np.float32))
+    assert backend.is_array(a)
+    assert backend.array_module(a) is fake_cupy and backend.device_of(a) == "cuda"
+    t = tx.Tensor(a)                                   # a GPU array stays where it is
+    assert t.data is a and t.device == "cuda"
+    assert backend.array_module(np.ones(2)) is np and not backend.is_array([1.0])
+
+
+def test_the_cuda_hint_names_an_extra_for_each_cuda_version():
+    tomllib = pytest.importorskip("tomllib")
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    named = re.findall(r"tinygrad-tx\[([\w-]+)\]` \(([\w-]+)", backend.CUDA_HINT)
+    assert {wheel for _, wheel in named} == {"cupy-cuda12x", "cupy-cuda13x"}
+    for extra, wheel in named:
+        assert extras[extra] == [wheel], extra
 
 
 # ---------------------------------------------------------------------------- random generators

@@ -220,3 +220,14 @@ def test_length_penalty_decides_between_a_short_finished_and_a_longer_hypothesis
                                   length_penalty=alpha, use_cache=False))
         np.testing.assert_array_equal(got[0], expected[:got.shape[1]])
         assert got.shape[1] == len(np.trim_zeros(np.array(expected), "b"))
+
+
+def test_a_host_batch_decodes_on_the_models_device(device):
+    """Batches are made on the host (batching.collate); decoding moves the ids to the model."""
+    model = tiny_model(device, seed=3)
+    on_device = to_host(greedy_decode(model, source(device), 10, BOS, EOS))
+    host_src = source("cpu")
+    greedy = greedy_decode(model, host_src, 10, BOS, EOS)
+    beam = beam_search(model, host_src, beam_size=2, max_len=10, bos_id=BOS, eos_id=EOS)
+    assert greedy.device == device and beam.device == device
+    np.testing.assert_array_equal(to_host(greedy), on_device)

@@ -3,7 +3,6 @@ rendering with the real `dot`, the no-Graphviz path, and the attention / positio
 import gc
 import html
 import re
-import shutil
 import struct
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import weakref
 
 import numpy as np
 import pytest
+from conftest import needs_dot
 
 import tinygrad_tx as tx
 from tinygrad_tx import nn
@@ -19,7 +19,6 @@ from tinygrad_tx.viz import graph as viz_graph
 from tinygrad_tx.viz import record as viz_record
 
 graphviz = pytest.importorskip("graphviz")
-needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is not installed")
 
 
 # ---------------------------------------------------------------------------- reading a drawing back

@@ -13,8 +13,8 @@ import os
 import numpy
 
 DEVICES = ("cpu", "cuda")
-CUDA_HINT = ("device 'cuda' needs CuPy and an NVIDIA GPU: install them with "
-             "`pip install tinygrad-tx[gpu]` (the cupy-cuda12x wheel) on a machine with CUDA 12")
+CUDA_HINT = ("device 'cuda' needs CuPy and an NVIDIA GPU: install CuPy with `pip install tinygrad-tx[gpu]` "
+             "(cupy-cuda12x, for CUDA 12) or `pip install tinygrad-tx[gpu-cuda13]` (cupy-cuda13x, for CUDA 13)")
 
 _cupy = None          # the cupy module once imported, False when it failed
 _cupy_error = None
@@ -61,16 +61,33 @@ def default_device() -> str:
     return check_device(None)
 
 
+def device_for(data, device: str | None = None) -> str:
+    """Where a new tensor made from `data` goes: the device asked for; else, for a GPU array, its
+    own device; else (host arrays, Python numbers and lists) the default: $TX_DEVICE, else 'cpu'.
+    As torch.tensor(ndarray) follows torch.set_default_device."""
+    if device is None and _is_cupy_array(data):
+        return "cuda"
+    return check_device(device)
+
+
 def get_xp(device: str):
     """The array module for a device name."""
     return numpy if device == "cpu" else _load_cupy()
 
 
+def _is_cupy_array(a) -> bool:
+    """True for a cupy.ndarray, also before this module has imported CuPy itself (a user may have
+    made the array with their own `import cupy`): the type's module tells."""
+    if _cupy and isinstance(a, _cupy.ndarray):
+        return True
+    return any(c.__name__ == "ndarray" and c.__module__.split(".")[0] == "cupy" for c in type(a).__mro__)
+
+
 def array_module(a):
-    """The array module an array lives in: numpy for NumPy arrays and scalars, else cupy."""
-    if isinstance(a, (numpy.ndarray, numpy.generic)) or _cupy in (None, False):
+    """The array module an array lives in: cupy for CuPy arrays, numpy for anything else."""
+    if isinstance(a, (numpy.ndarray, numpy.generic)) or not _is_cupy_array(a):
         return numpy
-    return _cupy
+    return _load_cupy()
 
 
 def device_of(a) -> str:
@@ -78,9 +95,7 @@ def device_of(a) -> str:
 
 
 def is_array(a) -> bool:
-    if isinstance(a, numpy.ndarray):
-        return True
-    return bool(_cupy) and isinstance(a, _cupy.ndarray)
+    return isinstance(a, numpy.ndarray) or _is_cupy_array(a)
 
 
 def to_device(a, device: str):

@@ -52,7 +52,7 @@ class Tensor:
         data: a Python scalar, a (nested) list, or a NumPy/CuPy array.
         requires_grad: record operations on this tensor so that backward() reaches it.
         dtype: cast the data to this dtype.
-        device: 'cpu' or 'cuda'; default $TX_DEVICE, else the array's own device, else 'cpu'.
+        device: 'cpu' or 'cuda'; default: a CuPy array's own device, else $TX_DEVICE, else 'cpu'.
     """
     __slots__ = ("data", "grad", "requires_grad", "_ctx", "name", "__weakref__")
     __array_ufunc__ = None          # numpy defers `ndarray * tensor` to Tensor.__rmul__
@@ -60,11 +60,10 @@ class Tensor:
     def __init__(self, data, requires_grad=False, dtype=None, device=None):
         if isinstance(data, Tensor):
             data = data.data
+        device = backend.device_for(data, device)
         if backend.is_array(data):
-            device = backend.check_device(device) if device is not None else backend.device_of(data)
             arr = backend.to_device(data, device)
         else:
-            device = backend.check_device(device)
             # With an explicit dtype, Python floats go straight to it: float64 data must not pass through float32.
             host = _infer_dtype(data) if dtype is None else backend.host_array(data)
             arr = backend.to_device(host, device)

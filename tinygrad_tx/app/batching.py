@@ -33,8 +33,9 @@ def _pad(rows, width):
     return [row + [PAD] * (width - len(row)) for row in rows]
 
 
-def collate(examples, device: str = "cpu") -> Batch:
-    """Pad (source ids, target ids) examples to the longest of each side and make int64 tensors."""
+def collate(examples, device: str | None = None) -> Batch:
+    """Pad (source ids, target ids) examples to the longest of each side and make int64 tensors
+    on `device` (default $TX_DEVICE, else 'cpu')."""
     if not examples:
         raise ValueError("collate: cannot make a batch of zero examples")
     src = [s for s, _ in examples]
