@@ -85,6 +85,9 @@ class ndarray:
     def astype(self, dtype):
         return ndarray(self.host.astype(dtype))
 
+    def any(self):
+        return ndarray(self.host.any())
+
     def get(self):
         return self.host
 
@@ -92,7 +95,8 @@ class ndarray:
 @pytest.fixture
 def fake_cupy(monkeypatch):
     """A CuPy that 'loads' (as if a GPU answered) without this process ever having imported cupy."""
-    fake = types.SimpleNamespace(ndarray=ndarray, asarray=lambda a: ndarray(a), __name__="cupy")
+    fake = types.SimpleNamespace(ndarray=ndarray, asarray=lambda a: ndarray(a), __name__="cupy",
+                                 stack=lambda arrays: ndarray(np.stack([a.host for a in arrays])))
     monkeypatch.setattr(backend, "_cupy", None)               # nothing has imported CuPy yet
     monkeypatch.setattr(backend, "_load_cupy", lambda: fake)
     return fake
@@ -129,6 +133,47 @@ def test_the_cuda_hint_names_an_extra_for_each_cuda_version():
     assert {wheel for _, wheel in named} == {"cupy-cuda12x", "cupy-cuda13x"}
     for extra, wheel in named:
         assert extras[extra] == [wheel], extra
+
+
+def test_a_check_on_the_gpu_is_raised_at_the_next_read(fake_cupy, monkeypatch):
+    """On the GPU a failed check does not stop the step (that would wait for the GPU); the next read does."""
+    monkeypatch.setattr(backend, "_deferred", [])
+    ids = np.array([3, 9])
+    backend.check(ndarray(ids >= 5), "embedding", lambda: IndexError(f"id {ids.max()} is out of range"))
+    backend.check(ndarray(ids < 0), "other", lambda: ValueError("never raised"))
+    assert len(backend._deferred) == 2                      # nothing raised, nothing read yet
+    with pytest.raises(IndexError, match=r"^embedding: id 9 is out of range \(checked on the GPU"):
+        backend.to_numpy(ndarray(np.ones(2)))
+    assert backend._deferred == []
+    np.testing.assert_array_equal(backend.to_numpy(ndarray(np.ones(2))), np.ones(2))   # raised once
+
+
+def test_a_check_on_the_cpu_raises_at_once(monkeypatch):
+    monkeypatch.setattr(backend, "_deferred", [])
+    with pytest.raises(IndexError, match="out of range"):
+        backend.check(np.array([False, True]), "embedding", lambda: IndexError("out of range"))
+    backend.check(np.array([False, False]), "embedding", lambda: IndexError("out of range"))
+    assert backend._deferred == []
+
+
+def test_bad_ids_raise_on_every_device(device):
+    """At once on the CPU; on the GPU at the next read, which a training step makes anyway (loss.item())."""
+    logits = tx.Tensor(np.zeros((2, 4)), device=device)
+    target = tx.Tensor([1, 7], device=device)
+    table = tx.Tensor(np.ones((5, 2)), device=device)
+    ids = tx.Tensor([0, 5], device=device)
+    if device == "cpu":
+        with pytest.raises(IndexError, match=r"cross_entropy: target id 7 is out of range for 4 classes"):
+            tx.functional.cross_entropy(logits, target)
+        with pytest.raises(IndexError, match=r"embedding: index out of range: ids span \[0, 5\]"):
+            tx.functional.embedding(ids, table)
+        return
+    loss = tx.functional.cross_entropy(logits, target)
+    with pytest.raises(IndexError, match=r"cross_entropy: target id 7 is out of range for 4 classes"):
+        loss.item()
+    rows = tx.functional.embedding(ids, table)
+    with pytest.raises(IndexError, match=r"embedding: index out of range: ids span \[0, 5\]"):
+        rows.numpy()
 
 
 # ---------------------------------------------------------------------------- random generators

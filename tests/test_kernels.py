@@ -2,12 +2,11 @@
 
 One table: each row builds a kernel's inputs and the arrays the NumPy backend's primitive gives for
 them (forward, or input gradients for a random upstream gradient), in float32 and float64. Each
-row runs on three runners:
-    plain     the plain xp version on NumPy (always)
+row runs on two runners:
     emulated  the kernel's exact CUDA source compiled by g++ and run on CPU threads
               (tests/cuda_emulation.py; where g++ is installed)
     cuda      the fused kernel on CuPy (where a GPU is present)
-Then: the primitives dispatch to the kernels (same outputs and gradients as the NumPy path), every
+Then: the primitives dispatch to the kernels through Function.apply (same outputs and gradients as the NumPy path), every
 source compiles with NVRTC and nvcc where they are installed, and importing tinygrad_tx never
 imports CuPy.
 """
@@ -48,62 +47,30 @@ def assert_close(actual, expected, dtype, what):
 
 # ============================================================================== the table
 # Each case: (rng, dtype) -> (kernel arguments, expected outputs from the NumPy primitive).
-def softmax_forward(rng, dtype, shape):
+def softmax_forward(rng, dtype, shape, axis=-1):
     x = (10 * rng.standard_normal(shape)).astype(dtype)        # large logits: the max shift matters
-    return (x,), (F.softmax(tensor(x)).numpy(),)
+    return (x, axis), (F.softmax(tensor(x), axis).numpy(),)
 
 
-def softmax_backward(rng, dtype, shape):
+def softmax_backward(rng, dtype, shape, axis=-1):
     x = tensor((3 * rng.standard_normal(shape)).astype(dtype), grad=True)
     g = rng.standard_normal(shape).astype(dtype)
-    y = F.softmax(x)
+    y = F.softmax(x, axis)
     y.backward(tensor(g))
-    return (y.numpy(), g), (x.grad.numpy(),)
+    return (y.numpy(), g, axis), (x.grad.numpy(),)
 
 
-def log_softmax_forward(rng, dtype, shape):
+def log_softmax_forward(rng, dtype, shape, axis=-1):
     x = (10 * rng.standard_normal(shape)).astype(dtype)
-    return (x,), (F.log_softmax(tensor(x)).numpy(),)
+    return (x, axis), (F.log_softmax(tensor(x), axis).numpy(),)
 
 
-def log_softmax_backward(rng, dtype, shape):
+def log_softmax_backward(rng, dtype, shape, axis=-1):
     x = tensor((3 * rng.standard_normal(shape)).astype(dtype), grad=True)
     g = rng.standard_normal(shape).astype(dtype)
-    y = F.log_softmax(x)
+    y = F.log_softmax(x, axis)
     y.backward(tensor(g))
-    return (y.numpy(), g), (x.grad.numpy(),)
-
-
-def attention_fill_mask(rng, B, Tq, Tk, causal):
-    """True where a score is filled: key padding (batch 1 pads every key: fully masked rows), and
-    optionally the future, broadcast as attention builds it, (B, 1, Tq or 1, Tk)."""
-    lengths = rng.integers(1, Tk + 1, B)
-    lengths[1] = 0
-    keep = (np.arange(Tk) < lengths[:, None])[:, None, None, :]                # (B, 1, 1, Tk)
-    if causal:
-        keep = keep & (np.arange(Tk)[None, :] <= np.arange(Tq)[:, None] + Tk - Tq)  # (B, 1, Tq, Tk)
-    return ~keep
-
-
-def masked_scores(rng, dtype, causal):
-    B, n_heads, Tq, Tk = 3, 2, 4, 9
-    x = (3 * rng.standard_normal((B, n_heads, Tq, Tk))).astype(dtype)
-    return x, attention_fill_mask(rng, B, Tq, Tk, causal), float(np.finfo(dtype).min)
-
-
-def masked_softmax_forward(rng, dtype, causal):
-    x, mask, value = masked_scores(rng, dtype, causal)
-    y = tensor(x).masked_fill(tensor(mask), value).softmax(axis=-1)
-    return (x, mask, value), (y.numpy(),)
-
-
-def masked_softmax_backward(rng, dtype, causal):
-    x, mask, value = masked_scores(rng, dtype, causal)
-    xt = tensor(x, grad=True)
-    y = xt.masked_fill(tensor(mask), value).softmax(axis=-1)
-    g = rng.standard_normal(y.shape).astype(dtype)
-    y.backward(tensor(g))
-    return (y.numpy(), g, mask), (xt.grad.numpy(),)
+    return (y.numpy(), g, axis), (x.grad.numpy(),)
 
 
 def layer_norm_inputs(rng, dtype, shape, affine):
@@ -160,14 +127,13 @@ def cross_entropy_backward(rng, dtype, smoothing, rows=7, C=37):
 TABLE = [
     ("softmax_forward", partial(softmax_forward, shape=(4, 7)), "4x7"),
     ("softmax_forward", partial(softmax_forward, shape=(2, 3, 100)), "2x3x100"),
+    ("softmax_forward", partial(softmax_forward, shape=(9, 2, 5), axis=0), "9x2x5-axis0"),
     ("softmax_backward", partial(softmax_backward, shape=(4, 7)), "4x7"),
     ("softmax_backward", partial(softmax_backward, shape=(2, 3, 100)), "2x3x100"),
+    ("softmax_backward", partial(softmax_backward, shape=(9, 2, 5), axis=0), "9x2x5-axis0"),
     ("log_softmax_forward", partial(log_softmax_forward, shape=(2, 3, 100)), "2x3x100"),
     ("log_softmax_backward", partial(log_softmax_backward, shape=(2, 3, 100)), "2x3x100"),
-    ("masked_softmax_forward", partial(masked_softmax_forward, causal=False), "padding"),
-    ("masked_softmax_forward", partial(masked_softmax_forward, causal=True), "padding+causal"),
-    ("masked_softmax_backward", partial(masked_softmax_backward, causal=False), "padding"),
-    ("masked_softmax_backward", partial(masked_softmax_backward, causal=True), "padding+causal"),
+    ("log_softmax_backward", partial(log_softmax_backward, shape=(4, 33, 3), axis=1), "4x33x3-axis1"),
     ("layer_norm_forward", partial(layer_norm_forward, shape=(2, 3, 100), affine=True), "affine"),
     ("layer_norm_forward", partial(layer_norm_forward, shape=(5, 24), affine=False), "plain"),
     ("layer_norm_backward", partial(layer_norm_backward, shape=(2, 3, 100), affine=True), "affine"),
@@ -207,18 +173,16 @@ def skip_cpu_runner_on_gpu_only_run():
         pytest.skip("TX_DEVICE=cuda: the suite runs on the GPU only")
 
 
-@pytest.fixture(params=["plain", "emulated", "cuda"])
+@pytest.fixture(params=["emulated", "cuda"])
 def runner(request):
-    """run(name, args) -> the kernel's outputs, from one of the three runners."""
+    """run(name, args) -> the kernel's outputs, from one of the two runners."""
     if request.param == "cuda":
         skip_without_gpu()
-        return lambda name, args: kernels.FUSED[name](*[backend.to_device(a, "cuda") if isinstance(a, np.ndarray)
-                                                        else a for a in args])
+        return lambda name, args: kernels.KERNELS[name](*[backend.to_device(a, "cuda") if isinstance(a, np.ndarray)
+                                                          else a for a in args])
     skip_cpu_runner_on_gpu_only_run()
-    if request.param == "emulated":
-        request.getfixturevalue("emulated")
-        return lambda name, args: kernels.FUSED[name](*args)
-    return lambda name, args: kernels.KERNELS[name][1](*args)
+    request.getfixturevalue("emulated")
+    return lambda name, args: kernels.KERNELS[name](*args)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -235,16 +199,6 @@ def test_kernel_matches_numpy_primitive(runner, name, case, dtype):
 def test_every_kernel_is_in_the_table():
     assert {name for name, _, _ in TABLE} == set(kernels.KERNELS)
     assert set(kernels.SOURCES) == set(kernels.KERNELS) | {"layer_norm_backward_params"}
-
-
-def test_fully_masked_rows_are_uniform_with_no_gradient(runner):
-    rng = np.random.default_rng(1)
-    (x, mask, value), _ = masked_softmax_forward(rng, np.float32, causal=False)
-    y = to_host(runner("masked_softmax_forward", (x, mask, value)))
-    np.testing.assert_allclose(y[1], np.full_like(y[1], 1 / x.shape[-1]), rtol=1e-6)     # batch 1 pads every key
-    g = rng.standard_normal(y.shape).astype(np.float32)
-    dx = to_host(runner("masked_softmax_backward", (y, g, mask)))
-    assert np.all(dx[np.broadcast_to(mask, dx.shape)] == 0)
 
 
 def test_emulation_checks_argument_types(emulated):
@@ -272,7 +226,7 @@ def composition(dtype, device):
     b = tx.Tensor(rng.standard_normal(C).astype(dtype), requires_grad=True, device=device)
     target = tx.Tensor(np.where(rng.random((B, T)) < 0.3, IGNORE, rng.integers(0, C, (B, T))), device=device)
     h = F.layer_norm(x, w, b)
-    across = F.softmax(h, axis=0)                      # not the last axis: stays on the plain path
+    across = F.softmax(h, axis=0)                      # not the last axis: the kernel takes it moved last
     logits = h + F.softmax(h, axis=-1) * 3 + across + F.log_softmax(h, axis=-1) * 0.5
     losses = [F.cross_entropy(logits, target, ignore_index=IGNORE, label_smoothing=0.1),
               F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum"),
@@ -285,11 +239,11 @@ def composition(dtype, device):
 def fused_calls(monkeypatch):
     """The names of the fused kernels called during the test, in order."""
     calls = []
-    for name, fused in list(kernels.FUSED.items()):
+    for name, fused in list(kernels.KERNELS.items()):
         def spy(*args, _name=name, _fused=fused):
             calls.append(_name)
             return _fused(*args)
-        monkeypatch.setitem(kernels.FUSED, name, spy)
+        monkeypatch.setattr(kernels, name, spy)
     return calls
 
 
@@ -304,9 +258,8 @@ def test_primitives_dispatch_to_the_kernels(where, dtype, fused_calls, request, 
     expected = composition(dtype, "cpu")
     assert fused_calls == [], "the NumPy path called a fused kernel"
     if where == "emulated":
-        # NumPy arrays stand in for CuPy ones: every input the kernels handle goes to them
-        monkeypatch.setattr(kernels, "lookup", lambda name, x, axis=-1: kernels.FUSED[name] if kernels.handles(x, axis)
-                            else None)
+        # NumPy arrays stand in for CuPy ones: every input the kernels take goes to them
+        monkeypatch.setattr(kernels, "_on_gpu", lambda x: True)
         actual = composition(dtype, "cpu")
     else:
         with kernels.use_fused(where == "cuda"):
@@ -316,30 +269,41 @@ def test_primitives_dispatch_to_the_kernels(where, dtype, fused_calls, request, 
         assert_close(a, e, dtype, f"composition output {i}")
 
 
-def test_kernels_take_float_rows_over_the_last_axis():
+def test_kernels_take_float_arrays_of_one_dtype(monkeypatch):
     x = np.ones((2, 3), np.float32)
-    assert kernels.handles(x) and kernels.handles(x, axis=1) and kernels.handles(x.astype(np.float64))
-    assert not kernels.handles(x, axis=0)
-    assert not kernels.handles(x.astype(np.float16)) and not kernels.handles(x.astype(np.int64))
-    assert not kernels.handles(np.ones((2, 0), np.float32))
-    assert all(kernels.lookup(name, x) is None for name in kernels.KERNELS), "a fused kernel for a NumPy array"
+    assert not kernels.accepts([x]), "a fused kernel for a NumPy array"
+    monkeypatch.setattr(kernels, "_on_gpu", lambda a: True)            # as if x were a CuPy array
+    assert kernels.accepts([x]) and kernels.accepts([x.astype(np.float64), 1e-5])
+    assert kernels.accepts([x, np.ones(3, np.float32), None, np.zeros(2, np.int64), 0.5])
+    assert not kernels.accepts([x, np.ones(3, np.float64)])             # mixed dtypes promote: the xp maths
+    assert not kernels.accepts([x.astype(np.float16)]) and not kernels.accepts([x.astype(np.int64)])
+    assert not kernels.accepts([np.ones((2, 0), np.float32)]) and not kernels.accepts([3.0])
+    with kernels.use_fused(False):
+        assert not kernels.accepts([x])
 
 
-def test_lookup_on_cuda():
+def test_only_primitives_with_kernels_have_fused_versions():
+    fused = {cls.__name__ for cls in vars(tx.primitives).values()
+             if isinstance(cls, type) and issubclass(cls, tx.Function) and cls.forward_cuda is not None}
+    assert fused == {"Softmax", "LogSoftmax", "LayerNorm", "CrossEntropy"}
+    for name in fused:
+        assert getattr(tx.primitives, name).backward_cuda is not None, name
+
+
+def test_accepts_on_cuda():
     skip_without_gpu()
     x = backend.to_device(np.ones((2, 3), np.float32), "cuda")
-    assert kernels.lookup("softmax_forward", x) is kernels.FUSED["softmax_forward"]
-    assert kernels.lookup("softmax_forward", x, axis=0) is None
+    assert kernels.accepts([x, 0])
     with kernels.use_fused(False):
-        assert kernels.lookup("softmax_forward", x) is None
-    assert kernels.lookup("softmax_forward", x) is not None
+        assert not kernels.accepts([x, 0])
+    assert kernels.accepts([x, 0])
 
 
 def test_importing_tinygrad_tx_does_not_import_cupy():
     env = {k: v for k, v in os.environ.items() if k != "TX_DEVICE"}
     code = ("import sys, numpy, tinygrad_tx, tinygrad_tx.kernels as k\n"
             "tinygrad_tx.Tensor([[1.0, 2.0]], requires_grad=True).softmax().sum().backward()\n"
-            "k.lookup('softmax_forward', numpy.ones((2, 3)))\n"
+            "k.accepts([numpy.ones((2, 3))])\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('cupy', 'cupyx', 'cupy_backends')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "[]"

@@ -27,7 +27,7 @@ import re
 import sys
 import weakref
 
-from . import backend, tensor
+from . import backend, kernels, tensor
 from .tensor import Tensor
 
 _grad_enabled = True
@@ -160,7 +160,14 @@ class Function:
     The built-in primitives write each backward once, with arithmetic operators, methods both types
     share (`.sum`, `.reshape`) and the small helpers in primitives.py (`exp`, `where`, ...) that
     pick the array or the Tensor version by their argument.
+
+    A primitive may also define fused CUDA versions of both (kernels.py), with the same arguments,
+    results and saved arrays: forward_cuda(ctx, *args) and backward_cuda(ctx, grad). `apply` runs
+    them instead when the arguments are CuPy arrays that `kernels.accepts`; backward_cuda runs in
+    first-order backward only (create_graph runs the primitive's own backward on Tensors).
     """
+    forward_cuda = None
+    backward_cuda = None
     released = False
     saved_tensors: tuple = ()
     saved_roles: tuple = ()     # per saved array: the forward argument it is, OUTPUT, or None
@@ -197,8 +204,13 @@ class Function:
         ctx.recording = requires = requires and _grad_enabled
         if requires:
             ctx.needs_input_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
+        forward = cls.forward
+        if cls.forward_cuda is not None and kernels.accepts(arrays):
+            # The one place where the device chooses the kernel: fused CUDA code for CuPy arrays that
+            # the kernels take, with the matching fused backward for this node.
+            forward, ctx.backward = cls.forward_cuda, cls.backward_cuda
         try:
-            out = cls.forward(ctx, *arrays, **kwargs)
+            out = forward(ctx, *arrays, **kwargs)
         except (ValueError, IndexError, TypeError) as e:
             shapes = ", ".join(str(tuple(a.shape)) for a in args if isinstance(a, Tensor))
             raise type(e)(f"{cls.op}: {e} (input shapes: {shapes})") from None
@@ -379,7 +391,7 @@ def run_backward(roots, grads, retain_graph: bool = False, create_graph: bool = 
                 arrays, outer = node.saved_tensors, _backward_of
                 node.saved_tensors, _backward_of = _graph_saved(node), node.op_name
                 try:
-                    input_grads = node.backward(node, g)
+                    input_grads = type(node).backward(node, g)     # never the fused kernel: it takes arrays
                 finally:
                     node.saved_tensors, _backward_of = arrays, outer
             else:

@@ -108,8 +108,48 @@ def to_device(a, device: str):
 
 
 def to_numpy(a):
-    """A host (NumPy) view or copy of an array."""
-    return a if isinstance(a, numpy.ndarray) else numpy.asarray(a.get() if hasattr(a, "get") else a)
+    """A host (NumPy) view or copy of an array. Reading a GPU array first raises any failed check
+    that was deferred to this point (see `check`)."""
+    if isinstance(a, numpy.ndarray):
+        return a
+    if _deferred:
+        raise_deferred()
+    return numpy.asarray(a.get() if hasattr(a, "get") else a)
+
+
+# ---------------------------------------------------------------------------- checks that wait for a read
+_deferred: list = []          # (0-d device bool array, op name, error factory), oldest first
+_MAX_DEFERRED = 256           # checks kept before one is forced (a loop that never reads a value)
+
+
+def check(bad, op: str, error) -> None:
+    """Raise error() when any element of the bool array `bad` is True (bad input to op `op`).
+
+    On NumPy the answer is known at once. On the GPU, reading it would make Python wait for every
+    queued kernel: a host synchronisation in the middle of a training step. So the flag stays on the
+    device and is read at the next read of a GPU array (`loss.item()`, `.numpy()`, ...), which waits
+    for the GPU anyway; the error is raised there, naming the op.
+    """
+    if array_module(bad) is numpy:
+        if bad.any():
+            raise error()
+        return
+    _deferred.append((bad.any(), op, error))
+    if len(_deferred) > _MAX_DEFERRED:
+        raise_deferred()
+
+
+def raise_deferred() -> None:
+    """Read the pending checks of `check` (one transfer) and raise the first that failed."""
+    if not _deferred:
+        return
+    pending = list(_deferred)
+    _deferred.clear()
+    failed = numpy.asarray(_load_cupy().stack([flag for flag, _, _ in pending]).get())
+    for hit, (_, op, error) in zip(failed, pending):
+        if hit:
+            e = error()
+            raise type(e)(f"{op}: {e} (checked on the GPU; raised at the next read of a value)")
 
 
 def host_array(data):

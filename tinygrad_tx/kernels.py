@@ -1,19 +1,16 @@
-"""Fused CUDA kernels for the row-wise primitives on CuPy: softmax, masked softmax, layer norm, cross-entropy.
+"""Fused CUDA kernels for the row-wise primitives on CuPy: softmax, log-softmax, layer norm, cross-entropy.
 
 On the GPU a primitive written in plain `xp` code launches one CuPy kernel per array operation:
 softmax alone is max, subtract, exp, sum, divide: five launches, each writing a full intermediate
 array. The kernels below give each row to one thread block, keep the row's reductions in registers
 and shared memory, write only their outputs, and re-read the row (from cache, mostly) at most three times.
 
-Each fused kernel has its plain version beside it: the same `xp` maths as the primitive's NumPy path
-in primitives.py (repeated here on purpose, so that each kernel can be read against what it
-replaces and tested against it; the primitive stays the definition). The primitives ask
-
-    fused = kernels.lookup("softmax_forward", x)
-
-and get None on NumPy, when fused kernels are switched off (TX_FUSED=0 or `use_fused(False)`), or for
-inputs a kernel does not handle (other dtypes than float32/float64, a reduction over another axis
-than the last, empty arrays). They then run their plain code.
+The primitives' maths is written once, in `xp` code, in primitives.py. A primitive that has kernels
+here also defines `forward_cuda` and `backward_cuda`, which call them, and `Function.apply` chooses,
+in one place (Chainer's forward_cpu/forward_gpu): the fused pair when `accepts(arrays)` holds for the
+forward's arguments, else the plain pair. They do not hold on NumPy, when fused kernels are switched
+off (TX_FUSED=0 or `use_fused(False)`), or for inputs the kernels do not take (dtypes other than
+float32/float64, empty arrays, float arguments of mixed dtypes).
 
 The CUDA sources are plain text (`source(name, dtype)`), compiled by CuPy's NVRTC on first use, once
 per dtype. `T` is the element type: float or double. Importing this module does not import CuPy.
@@ -39,16 +36,19 @@ def use_fused(on: bool):
         enabled = previous
 
 
-def lookup(name: str, x, axis: int = -1):
-    """The fused kernel `name` for arrays like `x` reduced over `axis`, or None (then run the plain code)."""
-    if not enabled or backend.device_of(x) != "cuda" or not handles(x, axis):
-        return None
-    return FUSED[name]
+def _on_gpu(x) -> bool:
+    return backend.device_of(x) == "cuda"
 
 
-def handles(x, axis: int = -1) -> bool:
-    """Whether the kernels take this input: float32 or float64, not empty, reduced over the last axis."""
-    return x.dtype in (backend.float32, backend.float64) and x.size > 0 and axis in (-1, x.ndim - 1)
+def accepts(arrays) -> bool:
+    """Whether the fused kernels take a primitive's forward arguments: switched on, the first is a
+    non-empty float32 or float64 CuPy array, and every other floating-point array has its dtype."""
+    x = arrays[0] if arrays else None
+    if not enabled or not backend.is_array(x) or not _on_gpu(x):
+        return False
+    if x.dtype not in (backend.float32, backend.float64) or x.size == 0:
+        return False
+    return all(a.dtype == x.dtype for a in arrays[1:] if backend.is_array(a) and backend.is_floating(a.dtype))
 
 
 # ---------------------------------------------------------------------------- CUDA building blocks
@@ -137,6 +137,16 @@ def _contiguous(a, dtype):
     return backend.get_xp("cuda").ascontiguousarray(a, dtype=dtype)
 
 
+def _last(a, axis):
+    """`a` with `axis` moved last (a view; the launchers then make it contiguous)."""
+    return a if axis in (-1, a.ndim - 1) else backend.get_xp("cuda").moveaxis(a, axis, -1)
+
+
+def _back(a, axis):
+    """Undo _last on a result."""
+    return a if axis in (-1, a.ndim - 1) else backend.get_xp("cuda").moveaxis(a, -1, axis)
+
+
 def _index(n: int):
     """A `long long` kernel argument."""
     return backend.get_xp("cuda").int64(n)
@@ -144,12 +154,6 @@ def _index(n: int):
 
 # ============================================================================== softmax
 # Replaces Softmax.forward: exp(x - max), sum, divide (five CuPy kernels) -> one.
-def softmax_forward_plain(x):
-    xp = backend.array_module(x)
-    e = xp.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 SOURCES["softmax_forward"] = r"""
 extern "C" __global__ void softmax_forward(const T* x, T* y, const long long n) {
     const long long row = blockIdx.x;
@@ -166,20 +170,15 @@ extern "C" __global__ void softmax_forward(const T* x, T* y, const long long n) 
 """
 
 
-def softmax_forward(x):
-    x = _contiguous(x, x.dtype)
+def softmax_forward(x, axis=-1):
+    x = _contiguous(_last(x, axis), x.dtype)
     y = backend.get_xp("cuda").empty_like(x)
     n = x.shape[-1]
     _launch("softmax_forward", x.dtype, x.size // n, n, x, y, _index(n))
-    return y
+    return _back(y, axis)
 
 
 # Replaces Softmax.backward: dx = y * g - y * sum(y * g) (four CuPy kernels) -> one.
-def softmax_backward_plain(y, g):
-    gy = g * y
-    return gy - y * gy.sum(axis=-1, keepdims=True)
-
-
 SOURCES["softmax_backward"] = r"""
 extern "C" __global__ void softmax_backward(const T* y, const T* g, T* dx, const long long n) {
     const long long row = blockIdx.x;
@@ -194,22 +193,16 @@ extern "C" __global__ void softmax_backward(const T* y, const T* g, T* dx, const
 """
 
 
-def softmax_backward(y, g):
-    y, g = _contiguous(y, y.dtype), _contiguous(g, y.dtype)
+def softmax_backward(y, g, axis=-1):
+    y, g = _contiguous(_last(y, axis), y.dtype), _contiguous(_last(g, axis), y.dtype)
     dx = backend.get_xp("cuda").empty_like(y)
     n = y.shape[-1]
     _launch("softmax_backward", y.dtype, y.size // n, n, y, g, dx, _index(n))
-    return dx
+    return _back(dx, axis)
 
 
 # ============================================================================== log-softmax
 # Replaces LogSoftmax.forward: x - max - log(sum(exp(x - max))) (six CuPy kernels) -> one.
-def log_softmax_forward_plain(x):
-    xp = backend.array_module(x)
-    shifted = x - x.max(axis=-1, keepdims=True)
-    return shifted - xp.log(xp.exp(shifted).sum(axis=-1, keepdims=True))
-
-
 SOURCES["log_softmax_forward"] = r"""
 extern "C" __global__ void log_softmax_forward(const T* x, T* y, const long long n) {
     const long long row = blockIdx.x;
@@ -226,20 +219,15 @@ extern "C" __global__ void log_softmax_forward(const T* x, T* y, const long long
 """
 
 
-def log_softmax_forward(x):
-    x = _contiguous(x, x.dtype)
+def log_softmax_forward(x, axis=-1):
+    x = _contiguous(_last(x, axis), x.dtype)
     y = backend.get_xp("cuda").empty_like(x)
     n = x.shape[-1]
     _launch("log_softmax_forward", x.dtype, x.size // n, n, x, y, _index(n))
-    return y
+    return _back(y, axis)
 
 
 # Replaces LogSoftmax.backward: dx = g - exp(y) * sum(g) (four CuPy kernels) -> one.
-def log_softmax_backward_plain(y, g):
-    xp = backend.array_module(g)
-    return g - xp.exp(y) * g.sum(axis=-1, keepdims=True)
-
-
 SOURCES["log_softmax_backward"] = r"""
 extern "C" __global__ void log_softmax_backward(const T* y, const T* g, T* dx, const long long n) {
     const long long row = blockIdx.x;
@@ -254,129 +242,17 @@ extern "C" __global__ void log_softmax_backward(const T* y, const T* g, T* dx, c
 """
 
 
-def log_softmax_backward(y, g):
-    y, g = _contiguous(y, y.dtype), _contiguous(g, y.dtype)
+def log_softmax_backward(y, g, axis=-1):
+    y, g = _contiguous(_last(y, axis), y.dtype), _contiguous(_last(g, axis), y.dtype)
     dx = backend.get_xp("cuda").empty_like(y)
     n = y.shape[-1]
     _launch("log_softmax_backward", y.dtype, y.size // n, n, y, g, dx, _index(n))
-    return dx
-
-
-# ============================================================================== masked softmax
-# Replaces MaskedFill followed by Softmax, as attention uses them: where(mask, value, x) writes a
-# whole filled copy of the scores before the softmax reads it again. The kernel reads the mask
-# where it broadcasts (a (B, 1, 1, Tk) padding mask is never expanded to (B, n_heads, Tq, Tk)).
-# With value = finfo(dtype).min a row whose every position is masked gets uniform weights, as the
-# plain composition does, and masked positions receive no gradient (MaskedFill's backward).
-def masked_softmax_forward_plain(x, mask, value):
-    xp = backend.array_module(x)
-    return softmax_forward_plain(xp.where(mask, xp.asarray(value, dtype=x.dtype), x))
-
-
-# The mask is addressed through `layout`: the leading shape of x (n_lead entries), the mask's strides
-# along those axes and then along the last axis, in elements, 0 where it broadcasts.
-_MASK_ROW_OFFSET = r"""
-__device__ long long mask_row_offset(long long row, const long long* layout, const int n_lead) {
-    long long offset = 0;
-    for (int d = n_lead - 1; d >= 0; --d) {
-        offset += (row % layout[d]) * layout[n_lead + d];
-        row /= layout[d];
-    }
-    return offset;
-}
-"""
-
-SOURCES["masked_softmax_forward"] = _MASK_ROW_OFFSET + r"""
-extern "C" __global__ void masked_softmax_forward(const T* x, const bool* mask, const long long* layout,
-                                                  const int n_lead, const T value, T* y, const long long n) {
-    const long long row = blockIdx.x;
-    const T* xr = x + row * n;
-    const bool* mr = mask + mask_row_offset(row, layout, n_lead);
-    const long long mask_step = layout[2 * n_lead];
-    T* yr = y + row * n;
-    T m = T_NEG_INF;
-    for (long long j = threadIdx.x; j < n; j += blockDim.x) {
-        const T v = mr[j * mask_step] ? value : xr[j];
-        m = v > m ? v : m;
-    }
-    m = block_max(m);
-    T s = 0;
-    for (long long j = threadIdx.x; j < n; j += blockDim.x) s += exp((mr[j * mask_step] ? value : xr[j]) - m);
-    s = block_sum(s);
-    for (long long j = threadIdx.x; j < n; j += blockDim.x) yr[j] = exp((mr[j * mask_step] ? value : xr[j]) - m) / s;
-}
-"""
-
-
-def _mask_layout(mask, shape):
-    """The device array `layout` that the masked kernels read the broadcast mask through."""
-    cp = backend.get_xp("cuda")
-    view = cp.broadcast_to(mask, shape)               # strides 0 along broadcast axes, no copy
-    strides = [s // view.itemsize for s in view.strides]
-    return cp.asarray(list(shape[:-1]) + strides, dtype=cp.int64), len(shape) - 1
-
-
-def masked_softmax_forward(x, mask, value):
-    cp = backend.get_xp("cuda")
-    x = _contiguous(x, x.dtype)
-    mask = cp.asarray(mask, dtype=backend.bool_)
-    layout, n_lead = _mask_layout(mask, x.shape)
-    y = cp.empty_like(x)
-    n = x.shape[-1]
-    _launch("masked_softmax_forward", x.dtype, x.size // n, n, x, mask, layout, cp.int32(n_lead),
-            x.dtype.type(value), y, _index(n))
-    return y
-
-
-# Replaces Softmax.backward followed by MaskedFill.backward (zero where masked).
-def masked_softmax_backward_plain(y, g, mask):
-    xp = backend.array_module(g)
-    return xp.where(mask, xp.zeros((), dtype=g.dtype), softmax_backward_plain(y, g))
-
-
-SOURCES["masked_softmax_backward"] = _MASK_ROW_OFFSET + r"""
-extern "C" __global__ void masked_softmax_backward(const T* y, const T* g, const bool* mask, const long long* layout,
-                                                   const int n_lead, T* dx, const long long n) {
-    const long long row = blockIdx.x;
-    const T* yr = y + row * n;
-    const T* gr = g + row * n;
-    const bool* mr = mask + mask_row_offset(row, layout, n_lead);
-    const long long mask_step = layout[2 * n_lead];
-    T* dr = dx + row * n;
-    T dot = 0;
-    for (long long j = threadIdx.x; j < n; j += blockDim.x) dot += gr[j] * yr[j];
-    dot = block_sum(dot);
-    for (long long j = threadIdx.x; j < n; j += blockDim.x)
-        dr[j] = mr[j * mask_step] ? T(0) : gr[j] * yr[j] - yr[j] * dot;
-}
-"""
-
-
-def masked_softmax_backward(y, g, mask):
-    cp = backend.get_xp("cuda")
-    y, g = _contiguous(y, y.dtype), _contiguous(g, y.dtype)
-    mask = cp.asarray(mask, dtype=backend.bool_)
-    layout, n_lead = _mask_layout(mask, y.shape)
-    dx = cp.empty_like(y)
-    n = y.shape[-1]
-    _launch("masked_softmax_backward", y.dtype, y.size // n, n, y, g, mask, layout, cp.int32(n_lead), dx, _index(n))
-    return dx
+    return _back(dx, axis)
 
 
 # ============================================================================== layer norm
 # Replaces LayerNorm.forward: mean, centre, square, mean, sqrt, divide, scale, shift (about ten
 # CuPy kernels) -> one. Returns what the primitive saves: y, xhat and rstd (shape (..., 1)).
-def layer_norm_forward_plain(x, weight, bias, eps):
-    xp = backend.array_module(x)
-    mu = x.mean(axis=-1, keepdims=True)
-    centred = x - mu
-    var = (centred * centred).mean(axis=-1, keepdims=True)
-    rstd = 1.0 / xp.sqrt(var + eps)
-    xhat = centred * rstd
-    y = xhat if weight is None else xhat * weight
-    return (y if bias is None else y + bias), xhat, rstd
-
-
 SOURCES["layer_norm_forward"] = r"""
 extern "C" __global__ void layer_norm_forward(const T* x, const T* weight, const T* bias, const int has_weight,
                                               const int has_bias, const T eps, T* y, T* xhat, T* rstd,
@@ -403,8 +279,6 @@ extern "C" __global__ void layer_norm_forward(const T* x, const T* weight, const
 
 
 def layer_norm_forward(x, weight, bias, eps):
-    if any(p is not None and p.dtype != x.dtype for p in (weight, bias)):
-        return layer_norm_forward_plain(x, weight, bias, eps)     # mixed dtypes promote, as NumPy does
     cp = backend.get_xp("cuda")
     x = _contiguous(x, x.dtype)
     # a missing weight or bias is passed as x (never read) with its flag off
@@ -421,14 +295,6 @@ def layer_norm_forward(x, weight, bias, eps):
 # Replaces LayerNorm.backward: dx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat)) with gh = g * w
 # (about ten CuPy kernels) -> one, and dw = sum_rows(g * xhat), db = sum_rows(g) -> one kernel that
 # sums chunks of rows per column, plus one small sum over the chunks. dw is None without a weight.
-def layer_norm_backward_plain(g, xhat, rstd, weight):
-    gh = g if weight is None else g * weight
-    dx = rstd * (gh - gh.mean(axis=-1, keepdims=True) - xhat * (gh * xhat).mean(axis=-1, keepdims=True))
-    rows = tuple(range(g.ndim - 1))
-    dw = None if weight is None else (g * xhat).sum(axis=rows)
-    return dx, dw, g.sum(axis=rows)
-
-
 SOURCES["layer_norm_backward"] = r"""
 extern "C" __global__ void layer_norm_backward(const T* g, const T* xhat, const T* rstd, const T* weight,
                                                const int has_weight, T* dx, const long long n) {
@@ -499,17 +365,6 @@ def layer_norm_backward(g, xhat, rstd, weight):
 # Replaces the maths of CrossEntropy.forward on (rows, C) logits, given the target ids t (ignored rows
 # already set to 0) and the bool `valid`: log_softmax, pick lp[t], smoothing term, zero ignored rows
 # (about ten CuPy kernels) -> one. Returns the per-row loss and the log-probabilities the primitive saves.
-def cross_entropy_forward_plain(x, t, valid, smoothing):
-    xp = backend.array_module(x)
-    C = x.shape[1]
-    shifted = x - x.max(axis=1, keepdims=True)
-    logp = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
-    loss = -logp[xp.arange(x.shape[0]), t]
-    if smoothing > 0:
-        loss = (1 - smoothing) * loss - (smoothing / C) * logp.sum(axis=1)
-    return xp.where(valid, loss, xp.zeros((), dtype=loss.dtype)), logp
-
-
 SOURCES["cross_entropy_forward"] = r"""
 extern "C" __global__ void cross_entropy_forward(const T* x, const long long* target, const bool* valid,
                                                  const T confidence, const T smooth, T* loss, T* logp,
@@ -557,17 +412,6 @@ def cross_entropy_forward(x, t, valid, smoothing):
 
 # Replaces CrossEntropy.backward's maths: dx = (softmax - (1 - s) onehot(t) - s / C) * weight per row,
 # with weight = the upstream gradient per row (0 for ignored rows): four CuPy kernels and a scatter -> one.
-def cross_entropy_backward_plain(logp, t, weight, smoothing):
-    xp = backend.array_module(logp)
-    C = logp.shape[1]
-    dx = xp.exp(logp)
-    dx[xp.arange(dx.shape[0]), t] -= 1 - smoothing
-    if smoothing > 0:
-        dx -= smoothing / C
-    dx *= weight.astype(dx.dtype, copy=False)[:, None]
-    return dx
-
-
 SOURCES["cross_entropy_backward"] = r"""
 extern "C" __global__ void cross_entropy_backward(const T* logp, const long long* target, const T* weight,
                                                   const T confidence, const T smooth, T* dx, const long long n) {
@@ -597,17 +441,14 @@ def cross_entropy_backward(logp, t, weight, smoothing):
 
 
 # ============================================================================== the table
-# name -> (fused kernel, plain version); both take and return the same arrays.
+# name -> launcher: the functions that the primitives' forward_cuda and backward_cuda call.
 KERNELS = {
-    "softmax_forward": (softmax_forward, softmax_forward_plain),
-    "softmax_backward": (softmax_backward, softmax_backward_plain),
-    "log_softmax_forward": (log_softmax_forward, log_softmax_forward_plain),
-    "log_softmax_backward": (log_softmax_backward, log_softmax_backward_plain),
-    "masked_softmax_forward": (masked_softmax_forward, masked_softmax_forward_plain),
-    "masked_softmax_backward": (masked_softmax_backward, masked_softmax_backward_plain),
-    "layer_norm_forward": (layer_norm_forward, layer_norm_forward_plain),
-    "layer_norm_backward": (layer_norm_backward, layer_norm_backward_plain),
-    "cross_entropy_forward": (cross_entropy_forward, cross_entropy_forward_plain),
-    "cross_entropy_backward": (cross_entropy_backward, cross_entropy_backward_plain),
+    "softmax_forward": softmax_forward,
+    "softmax_backward": softmax_backward,
+    "log_softmax_forward": log_softmax_forward,
+    "log_softmax_backward": log_softmax_backward,
+    "layer_norm_forward": layer_norm_forward,
+    "layer_norm_backward": layer_norm_backward,
+    "cross_entropy_forward": cross_entropy_forward,
+    "cross_entropy_backward": cross_entropy_backward,
 }
-FUSED = {name: fused for name, (fused, _) in KERNELS.items()}

@@ -688,6 +688,10 @@ def _rows_matmul(a, b):
 
 
 # =============================================================================== softmax
+# The primitives below also have fused CUDA versions (kernels.py): forward_cuda and backward_cuda
+# take and return the same arrays as forward and backward, and save the same things. Function.apply
+# runs them on CuPy arrays that kernels.accepts (a create_graph backward runs the plain backward).
+# The xp maths in forward and backward stays the definition, and is what the kernels are tested against.
 class Softmax(Function):
     # y_i = e^(x_i - m) / sum_j e^(x_j - m)   (m = max x: the same value, no overflow)
     # dx = y * (g - sum_j g_j y_j)
@@ -695,13 +699,9 @@ class Softmax(Function):
 
     @staticmethod
     def forward(ctx, x, axis):
-        fused = kernels.lookup("softmax_forward", x, axis)      # on CuPy: one kernel for all of it
-        if fused is not None:
-            y = fused(x)
-        else:
-            xp = backend.array_module(x)
-            e = xp.exp(x - x.max(axis=axis, keepdims=True))
-            y = e / e.sum(axis=axis, keepdims=True)
+        xp = backend.array_module(x)
+        e = xp.exp(x - x.max(axis=axis, keepdims=True))
+        y = e / e.sum(axis=axis, keepdims=True)
         ctx.save_for_backward(y)
         ctx.axis = axis
         return y
@@ -709,11 +709,20 @@ class Softmax(Function):
     @staticmethod
     def backward(ctx, g):
         (y,) = ctx.saved_tensors
-        fused = None if isinstance(g, Tensor) else kernels.lookup("softmax_backward", y, ctx.axis)
-        if fused is not None:
-            return fused(y, g), None
         gy = g * y
         return gy - y * gy.sum(axis=ctx.axis, keepdims=True), None
+
+    @staticmethod
+    def forward_cuda(ctx, x, axis):
+        y = kernels.softmax_forward(x, axis)
+        ctx.save_for_backward(y)
+        ctx.axis = axis
+        return y
+
+    @staticmethod
+    def backward_cuda(ctx, g):
+        (y,) = ctx.saved_tensors
+        return kernels.softmax_backward(y, g, ctx.axis), None
 
 
 class LogSoftmax(Function):
@@ -723,13 +732,9 @@ class LogSoftmax(Function):
 
     @staticmethod
     def forward(ctx, x, axis):
-        fused = kernels.lookup("log_softmax_forward", x, axis)  # on CuPy: one kernel for all of it
-        if fused is not None:
-            y = fused(x)
-        else:
-            xp = backend.array_module(x)
-            shifted = x - x.max(axis=axis, keepdims=True)
-            y = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+        xp = backend.array_module(x)
+        shifted = x - x.max(axis=axis, keepdims=True)
+        y = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
         ctx.save_for_backward(y)
         ctx.axis = axis
         return y
@@ -737,10 +742,19 @@ class LogSoftmax(Function):
     @staticmethod
     def backward(ctx, g):
         (y,) = ctx.saved_tensors
-        fused = None if isinstance(g, Tensor) else kernels.lookup("log_softmax_backward", y, ctx.axis)
-        if fused is not None:
-            return fused(y, g), None
         return g - exp(y) * g.sum(axis=ctx.axis, keepdims=True), None
+
+    @staticmethod
+    def forward_cuda(ctx, x, axis):
+        y = kernels.log_softmax_forward(x, axis)
+        ctx.save_for_backward(y)
+        ctx.axis = axis
+        return y
+
+    @staticmethod
+    def backward_cuda(ctx, g):
+        (y,) = ctx.saved_tensors
+        return kernels.log_softmax_backward(y, g, ctx.axis), None
 
 
 # =============================================================================== masking
@@ -788,6 +802,13 @@ def _standardize(x, eps):
     return centred * rstd, rstd
 
 
+def _check_affine(x, weight, bias):
+    n = x.shape[-1]
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and p.shape != (n,):
+            raise ValueError(f"{name} has shape {tuple(p.shape)} but the last axis of x has {n} features")
+
+
 class LayerNorm(Function):
     # Over the last axis (n features):
     #   mu = mean x,  var = mean (x - mu)^2,  r = 1/sqrt(var + eps),  xh = (x - mu) r
@@ -801,16 +822,8 @@ class LayerNorm(Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
-        n = x.shape[-1]
-        for name, p in (("weight", weight), ("bias", bias)):
-            if p is not None and p.shape != (n,):
-                raise ValueError(f"{name} has shape {tuple(p.shape)} but the last axis of x has {n} features")
+        _check_affine(x, weight, bias)
         ctx.eps = eps
-        fused = kernels.lookup("layer_norm_forward", x)         # on CuPy: one kernel for all of it
-        if fused is not None:
-            y, xhat, rstd = fused(x, weight, bias, eps)
-            ctx.save_for_backward(xhat, rstd, weight, x)
-            return y
         xhat, rstd = _standardize(x, eps)
         ctx.save_for_backward(xhat, rstd, weight, x)
         y = xhat if weight is None else xhat * weight
@@ -821,17 +834,26 @@ class LayerNorm(Function):
         xhat, rstd, weight, x = ctx.saved_tensors
         if isinstance(g, Tensor):
             xhat, rstd = _standardize(x, ctx.eps)
-        else:
-            fused = kernels.lookup("layer_norm_backward", xhat)
-            if fused is not None:
-                dx, dw, db = fused(g, xhat, rstd, weight)
-                return dx, dw if ctx.needs_input_grad[1] else None, db if ctx.needs_input_grad[2] else None, None
         gh = g if weight is None else g * weight
         dx = rstd * (gh - gh.mean(axis=-1, keepdims=True) - xhat * (gh * xhat).mean(axis=-1, keepdims=True))
         rows = tuple(range(g.ndim - 1))
         dw = (g * xhat).sum(axis=rows) if ctx.needs_input_grad[1] else None
         db = g.sum(axis=rows) if ctx.needs_input_grad[2] else None
         return dx, dw, db, None
+
+    @staticmethod
+    def forward_cuda(ctx, x, weight, bias, eps):
+        _check_affine(x, weight, bias)
+        ctx.eps = eps
+        y, xhat, rstd = kernels.layer_norm_forward(x, weight, bias, eps)
+        ctx.save_for_backward(xhat, rstd, weight, x)
+        return y
+
+    @staticmethod
+    def backward_cuda(ctx, g):
+        xhat, rstd, weight, _ = ctx.saved_tensors
+        dx, dw, db = kernels.layer_norm_backward(g, xhat, rstd, weight)
+        return dx, dw if ctx.needs_input_grad[1] else None, db if ctx.needs_input_grad[2] else None, None
 
 
 # =============================================================================== lookup
@@ -864,9 +886,8 @@ class Embedding(Function):
         if idx.dtype.kind not in "iu":
             raise TypeError(f"indices must be integers, not {idx.dtype}")
         n = weight.shape[0]
-        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n):
-            raise IndexError(f"index out of range: ids span [{int(idx.min())}, {int(idx.max())}] "
-                             f"but the table has {n} rows")
+        backend.check((idx < 0) | (idx >= n), ctx.op, lambda: IndexError(
+            f"index out of range: ids span [{int(idx.min())}, {int(idx.max())}] but the table has {n} rows"))
         ctx.save_for_backward(idx)
         ctx.weight_shape = weight.shape
         return weight[idx]
@@ -883,6 +904,48 @@ class Embedding(Function):
 
 
 # =============================================================================== loss
+def _cross_entropy_rows(ctx, logits, target, ignore_index, reduction):
+    """Check the arguments; return the logits as (rows, C), the target ids with ignored rows set to 0,
+    and `valid` (the rows that count). An out-of-range id raises (on the GPU at the next read)."""
+    C = logits.shape[-1]
+    if target.shape != logits.shape[:-1]:
+        raise ValueError(f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)} "
+                         f"(expected {tuple(logits.shape[:-1])})")
+    if target.dtype.kind not in "iu":
+        raise TypeError(f"target must hold integer class ids, not {target.dtype}")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', not {reduction!r}")
+    xp = backend.array_module(logits)
+    t = target.reshape(-1)
+    valid = t != ignore_index
+    in_range = (t >= 0) & (t < C)
+    bad = valid & ~in_range
+    backend.check(bad, ctx.op, lambda: IndexError(f"target id {int(t[bad][0])} is out of range for {C} classes"))
+    return logits.reshape(-1, C), xp.where(valid & in_range, t, 0), valid
+
+
+def _cross_entropy_reduce(ctx, loss, logp, t, valid, logits, target_shape, smoothing, reduction):
+    """Save what backward needs and reduce the per-row losses. The count of rows stays an array
+    (no int(): on the GPU that would wait for every queued kernel)."""
+    ctx.save_for_backward(logp, t, valid, logits)
+    ctx.shape, ctx.smoothing, ctx.reduction, ctx.n_valid = logits.shape, smoothing, reduction, valid.sum()
+    if reduction == "none":
+        return loss.reshape(target_shape)
+    total = loss.sum()
+    return total if reduction == "sum" else total / ctx.n_valid.astype(total.dtype)
+
+
+def _cross_entropy_row_weight(ctx, g, valid, dtype):
+    """The upstream gradient of each row's loss: 0 for ignored rows; 'mean' divides by the number of
+    rows that count (every row ignored: the gradient is 0, there is nothing to learn)."""
+    if ctx.reduction == "none":
+        return g.reshape(-1) * valid
+    per_row = 1.0
+    if ctx.reduction == "mean":
+        per_row = 1.0 / backend.array_module(valid).maximum(ctx.n_valid, 1)
+    return g * (valid * per_row).astype(dtype, copy=False)
+
+
 class CrossEntropy(Function):
     # Per row i with target t, C classes, smoothing s, log-probabilities lp = log_softmax(x):
     #   loss_i = -(1 - s) lp[t] - (s / C) sum_c lp[c]     (0 for ignored rows)
@@ -895,52 +958,22 @@ class CrossEntropy(Function):
 
     @staticmethod
     def forward(ctx, logits, target, ignore_index, label_smoothing, reduction):
-        xp = backend.array_module(logits)
-        C = logits.shape[-1]
-        if target.shape != logits.shape[:-1]:
-            raise ValueError(f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)} "
-                             f"(expected {tuple(logits.shape[:-1])})")
-        if target.dtype.kind not in "iu":
-            raise TypeError(f"target must hold integer class ids, not {target.dtype}")
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', not {reduction!r}")
-        x = logits.reshape(-1, C)
-        t = target.reshape(-1)
-        valid = t != ignore_index
-        bad = valid & ((t < 0) | (t >= C))
-        if bad.any():
-            raise IndexError(f"target id {int(t[bad][0])} is out of range for {C} classes")
-        t_safe = xp.where(valid, t, 0)
-        fused = kernels.lookup("cross_entropy_forward", x)      # on CuPy: one kernel for the rows' losses
-        if fused is not None:
-            loss, logp = fused(x, t_safe, valid, label_smoothing)
-        else:
-            shifted = x - x.max(axis=1, keepdims=True)
-            logp = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
-            rows = xp.arange(x.shape[0])
-            loss = -logp[rows, t_safe]
-            if label_smoothing > 0:
-                loss = (1 - label_smoothing) * loss - (label_smoothing / C) * logp.sum(axis=1)
-            loss = xp.where(valid, loss, xp.zeros((), dtype=loss.dtype))
-        n_valid = int(valid.sum())
-        ctx.save_for_backward(logp, t_safe, valid, logits)
-        ctx.shape, ctx.smoothing, ctx.reduction, ctx.n_valid = logits.shape, label_smoothing, reduction, n_valid
-        if reduction == "none":
-            return loss.reshape(target.shape)
-        total = loss.sum()
-        return total if reduction == "sum" else total / xp.asarray(n_valid, dtype=total.dtype)
+        x, t, valid = _cross_entropy_rows(ctx, logits, target, ignore_index, reduction)
+        xp = backend.array_module(x)
+        C = x.shape[1]
+        shifted = x - x.max(axis=1, keepdims=True)
+        logp = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+        loss = -logp[xp.arange(x.shape[0]), t]
+        if label_smoothing > 0:
+            loss = (1 - label_smoothing) * loss - (label_smoothing / C) * logp.sum(axis=1)
+        loss = xp.where(valid, loss, xp.zeros((), dtype=loss.dtype))
+        return _cross_entropy_reduce(ctx, loss, logp, t, valid, logits, target.shape, label_smoothing, reduction)
 
     @staticmethod
     def backward(ctx, g):
         logp, t, valid, logits = ctx.saved_tensors
         s, C = ctx.smoothing, logp.shape[1]
-        if ctx.reduction == "none":
-            weight = g.reshape(-1) * valid
-        else:
-            per_row = 1.0
-            if ctx.reduction == "mean":
-                per_row = 1.0 / ctx.n_valid if ctx.n_valid else 0.0    # every row ignored: nothing to learn
-            weight = g * (valid * per_row).astype(logp.dtype, copy=False)
+        weight = _cross_entropy_row_weight(ctx, g, valid, logp.dtype)
         if isinstance(g, Tensor):
             xp = backend.array_module(logp)
             q = xp.full(logp.shape, s / C, dtype=logp.dtype)  # the target distribution, a constant
@@ -948,15 +981,24 @@ class CrossEntropy(Function):
             probs = Softmax.apply(logits.reshape(-1, C), 1)
             return ((probs - q) * weight.reshape(-1, 1)).reshape(ctx.shape), None, None, None, None
         xp = backend.array_module(g)
-        fused = kernels.lookup("cross_entropy_backward", logp)
-        if fused is not None:
-            return fused(logp, t, weight, s).reshape(ctx.shape), None, None, None, None
         dx = xp.exp(logp)                              # softmax
         dx[xp.arange(dx.shape[0]), t] -= 1 - s
         if s > 0:
             dx -= s / C
         dx *= weight.astype(dx.dtype, copy=False)[:, None]
         return dx.reshape(ctx.shape), None, None, None, None
+
+    @staticmethod
+    def forward_cuda(ctx, logits, target, ignore_index, label_smoothing, reduction):
+        x, t, valid = _cross_entropy_rows(ctx, logits, target, ignore_index, reduction)
+        loss, logp = kernels.cross_entropy_forward(x, t, valid, label_smoothing)
+        return _cross_entropy_reduce(ctx, loss, logp, t, valid, logits, target.shape, label_smoothing, reduction)
+
+    @staticmethod
+    def backward_cuda(ctx, g):
+        logp, t, valid, _ = ctx.saved_tensors
+        weight = _cross_entropy_row_weight(ctx, g, valid, logp.dtype)
+        return kernels.cross_entropy_backward(logp, t, weight, ctx.smoothing).reshape(ctx.shape), None, None, None, None
 
 
 tensor.register_primitives(sys.modules[__name__])     # Tensor's methods call the classes above

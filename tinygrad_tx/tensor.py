@@ -129,7 +129,7 @@ class Tensor:
     def item(self):
         if self.data.size != 1:
             raise ValueError(f"item: only a one-element tensor converts to a Python number, not shape {self.shape}")
-        return self.data.item()
+        return backend.to_numpy(self.data).item()
 
     def tolist(self):
         return backend.to_numpy(self.data).tolist()
@@ -201,7 +201,7 @@ class Tensor:
     def __bool__(self):
         if self.data.size != 1:
             raise ValueError(f"the truth value of a tensor of shape {self.shape} is ambiguous")
-        return bool(self.data.item())
+        return bool(backend.to_numpy(self.data).item())
 
     __hash__ = object.__hash__      # __eq__ is elementwise; tensors stay usable as dict keys
 
