@@ -19,11 +19,14 @@ from functools import partial
 import cuda_emulation
 import numpy as np
 import pytest
+import test_optim
+import torch
 from conftest import to_host
 
 import tinygrad_tx as tx
 from tinygrad_tx import backend, kernels
 from tinygrad_tx import functional as F
+from tinygrad_tx.kernels import adam_step
 
 DTYPES = [np.float32, np.float64]
 IGNORE = -100
@@ -198,7 +201,7 @@ def test_kernel_matches_numpy_primitive(runner, name, case, dtype):
 
 def test_every_kernel_is_in_the_table():
     assert {name for name, _, _ in TABLE} == set(kernels.KERNELS)
-    assert set(kernels.SOURCES) == set(kernels.KERNELS) | {"layer_norm_backward_params"}
+    assert set(kernels.SOURCES) == set(kernels.KERNELS) | {"layer_norm_backward_params", "adam_step"}
 
 
 def test_emulation_checks_argument_types(emulated):
@@ -344,3 +347,28 @@ def test_sources_compile_with_nvcc(dtype, tmp_path):
     out = subprocess.run([nvcc, "-arch=sm_90", "-cubin", "-o", str(tmp_path / "kernels.cubin"), str(unit)],
                          check=False, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+# ============================================================================== the fused Adam step
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", range(4), ids=lambda i: test_optim.ADAM_IDS[i])
+def test_fused_adam_matches_torch_and_the_numpy_update(emulated, monkeypatch, case, dtype):
+    """optim.Adam/AdamW with the kernel's exact CUDA source (emulated), on the whole buffer (steps 0
+    and 1) and parameter by parameter (after parameter 1 skipped step 2), against torch.optim."""
+    skip_cpu_runner_on_gpu_only_run()
+    ours, theirs, kwargs = test_optim.ADAMS[case]
+    values = test_optim.initial_values(4)
+    if dtype == "float32":
+        values = [v.astype(np.float32) for v in values]
+    plain, _ = test_optim.run_ours(ours, kwargs, values, test_optim.N_STEPS, dtype, "cpu")
+    calls = []
+    monkeypatch.setattr(kernels, "_on_gpu", lambda x: True)          # NumPy arrays stand in for CuPy ones
+    monkeypatch.setattr(kernels, "adam_step", lambda *a, **kw: calls.append(a[0].size) or adam_step(*a, **kw))
+    fused, _ = test_optim.run_ours(ours, kwargs, values, test_optim.N_STEPS, dtype, "cpu")
+    expected = test_optim.run_torch(theirs, kwargs, values, test_optim.N_STEPS, getattr(torch, dtype))
+    total = sum(v.size for v in values)
+    assert calls[:2] == [total, total] and len(calls) == 2 + 2 + 3 * (test_optim.N_STEPS - 3)   # see run_ours
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == "float32" else {"rtol": 1e-12, "atol": 1e-14}
+    for f, p, e in zip(fused, plain, expected):
+        np.testing.assert_allclose(f.numpy(), e, **tol)
+        np.testing.assert_allclose(f.numpy(), p.numpy(), **tol)

@@ -107,6 +107,51 @@ def test_step_is_in_place_and_leaves_grad_alone(device):
     assert p.grad is None and q.grad is None
 
 
+ADAMS = [(ours, theirs, kw) for ours, theirs, kw in CASES if ours is not optim.SGD]
+ADAM_IDS = [i for i, (ours, _, _) in zip(IDS, CASES) if ours is not optim.SGD]
+
+
+def test_adam_keeps_each_dtypes_parameters_in_one_buffer(device):
+    params = [tx.nn.Parameter(tx.Tensor(np.ones(s), dtype=d, device=device))
+              for s, d in [((2, 3), "float32"), ((4,), "float64"), ((5,), "float32"), ((), "float32")]]
+    before = [p.numpy() for p in params]
+    optim.Adam(params)
+    for p, b in zip(params, before):
+        np.testing.assert_array_equal(p.numpy(), b)                  # packing moves, never changes
+    bases = [p.data.base for p in params]
+    assert bases[0] is bases[2] is bases[3] and bases[1] is not bases[0] and bases[0] is not None
+
+
+@pytest.mark.parametrize("ours, theirs, kwargs", ADAMS, ids=ADAM_IDS)
+def test_adam_follows_parameters_whose_arrays_were_replaced(ours, theirs, kwargs, device):
+    """Module.load_state_dict and Module.to give parameters new arrays: the next step packs them
+    again, keeping the moments, and the trajectory stays torch's."""
+    values = initial_values(2)
+    params = [tx.nn.Parameter(tx.Tensor(v.copy(), dtype="float64", device=device)) for v in values]
+    opt = ours(params, **kwargs)
+    for step in range(N_STEPS):
+        if step == 2:
+            params[0].data = params[0].data.copy()                   # one parameter gets a new array
+        if step == 4:
+            holder = _Holder(params)
+            holder.load_state_dict(holder.state_dict())              # every parameter gets a new array
+        for i, p in enumerate(params):
+            g = gradient(p.numpy(), step, i)
+            p.grad = None if g is None else tx.Tensor(g, dtype="float64", device=device).data
+        opt.step()
+    expected = run_torch(theirs, kwargs, values, N_STEPS, torch.float64)
+    for p, e in zip(params, expected):
+        np.testing.assert_allclose(p.numpy(), e, rtol=1e-12, atol=1e-14)
+    assert all(flat.intact(params) for flat in opt._flats)
+
+
+class _Holder(tx.nn.Module):
+    def __init__(self, params):
+        super().__init__()
+        for i, p in enumerate(params):
+            setattr(self, f"p{i}", p)
+
+
 def test_lr_zero_freezes_sgd():
     p = tx.nn.Parameter(tx.Tensor([1.0, 2.0]))
     opt = optim.SGD([p], lr=0.5)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from . import backend
+from . import backend, kernels
 from .tensor import Tensor
 
 
@@ -54,14 +54,20 @@ class Optimizer:
 
     def step(self):
         """Update every parameter that has a gradient; parameters whose grad is None are skipped."""
+        for i, grad in enumerate(self._gradients()):
+            if grad is not None:
+                self._update(i, self.params[i], grad)
+
+    def _gradients(self):
+        """Each parameter's gradient array (None where it has none), checked against its shape."""
+        grads = []
         for i, p in enumerate(self.params):
-            if p.grad is None:
-                continue
-            grad = _grad_array(p)
-            if grad.shape != p.shape:
+            grad = None if p.grad is None else _grad_array(p)
+            if grad is not None and grad.shape != p.shape:
                 raise ValueError(f"{type(self).__name__}.step: parameter {i} has shape {p.shape} "
                                  f"but its grad has shape {grad.shape}")
-            self._update(i, p, grad)
+            grads.append(grad)
+        return grads
 
     def _update(self, i, p, grad):
         raise NotImplementedError(f"{type(self).__name__} must define _update(i, p, grad): the update rule")
@@ -130,8 +136,12 @@ class Optimizer:
                 raise KeyError(f"{own}.load_state_dict: missing key 'state.{i}.{absent[0]}'")
         for name in self.hyperparameters:
             setattr(self, name, _number(state[name]))
-        self.state = new_state
+        self._load_state(new_state)
         return self
+
+    def _load_state(self, new_state):
+        """Take the checked per-parameter state (arrays already on each parameter's device and dtype)."""
+        self.state = new_state
 
 
 def _grad_array(p):
@@ -187,6 +197,39 @@ class SGD(Optimizer):
 
 
 # ---------------------------------------------------------------------------- Adam and AdamW
+class _Flat:
+    """The parameters of one device and dtype side by side in one flat buffer (each parameter's
+    .data becomes a view into it), with Adam's two moments and the gathered gradients in flat
+    buffers of the same layout. One step is then one pass over each buffer."""
+
+    def __init__(self, indices, params):
+        first = params[indices[0]]
+        xp, dtype = first.xp, first.dtype
+        self.indices = indices                        # positions in the optimizer's parameter list
+        self.shapes = [params[i].shape for i in indices]
+        self.bounds, start = [], 0
+        for i in indices:
+            self.bounds.append((start, start + params[i].size))
+            start += params[i].size
+        self.param = xp.empty(start, dtype=dtype)
+        for k, i in enumerate(indices):
+            self.view(self.param, k)[...] = params[i].data
+            params[i].data = self.view(self.param, k)
+        self.views = [params[i].data for i in indices]
+        self.exp_avg, self.exp_avg_sq = xp.zeros(start, dtype=dtype), xp.zeros(start, dtype=dtype)
+        self.grad = xp.empty(start, dtype=dtype)
+        self.work = None                              # two more buffers for the NumPy update, made on its first use
+
+    def view(self, flat, k):
+        """Parameter k's part of a flat buffer, in its shape."""
+        start, stop = self.bounds[k]
+        return flat[start:stop].reshape(self.shapes[k])
+
+    def intact(self, params) -> bool:
+        """Whether every parameter still holds its view (Module.to or load_state_dict may replace .data)."""
+        return all(params[i].data is view for i, view in zip(self.indices, self.views))
+
+
 class Adam(Optimizer):
     """Adam (Kingma & Ba), as torch.optim.Adam computes it. With t the parameter's step count:
         g = grad + weight_decay * p                      (L2 penalty; AdamW decays p instead)
@@ -195,6 +238,13 @@ class Adam(Optimizer):
         step_size = lr / (1 - beta1^t)
         denom = sqrt(v) / sqrt(1 - beta2^t) + eps
         p = p - step_size * m / denom
+
+    The parameters of each device and dtype live in one flat buffer (their .data are views into
+    it), beside flat buffers for m, v and the gradients. On CuPy, when every parameter of a buffer
+    has a gradient and the same step count (the usual case), a step gathers the gradients (one
+    copy) and updates the whole buffer with one fused kernel (kernels.adam_step) instead of about
+    ten kernels per parameter. Otherwise, and on the CPU, each parameter is updated in place on its
+    own part of the buffers. state_dict() and load_state_dict() see one entry per parameter.
     """
     hyperparameters = ("lr", "beta1", "beta2", "eps", "weight_decay")
     state_names = ("exp_avg", "exp_avg_sq")
@@ -209,22 +259,96 @@ class Adam(Optimizer):
         if eps < 0 or weight_decay < 0:
             raise ValueError(f"{type(self).__name__}: eps ({eps}) and weight_decay ({weight_decay}) must be >= 0")
         self.beta1, self.beta2, self.eps, self.weight_decay = beta1, beta2, eps, weight_decay
+        self._flats = []
+        self._pack()
 
     @property
     def betas(self):
         return (self.beta1, self.beta2)
 
-    def _update(self, i, p, grad):
-        xp, work = p.xp, self._work(i, p)
-        m, v = self._buffer(i, p, "exp_avg"), self._buffer(i, p, "exp_avg_sq")
-        t = self.state[i]["step"] = self.state[i].get("step", 0) + 1
+    # ------------------------------------------------------------------ the flat buffers
+    def _pack(self):
+        """(Re)build the flat buffers from the parameters' current arrays, keeping the moments."""
+        moments = [(st.get("exp_avg"), st.get("exp_avg_sq")) for st in self.state]
+        groups = {}
+        for i, p in enumerate(self.params):
+            groups.setdefault((p.device, p.dtype), []).append(i)
+        self._flats = [_Flat(indices, self.params) for indices in groups.values()]
+        for flat in self._flats:
+            for k, i in enumerate(flat.indices):
+                if moments[i][0] is not None:
+                    self._start(flat, k)
+                    device = self.params[i].device
+                    self.state[i]["exp_avg"][...] = backend.to_device(moments[i][0], device)
+                    self.state[i]["exp_avg_sq"][...] = backend.to_device(moments[i][1], device)
+
+    def _start(self, flat, k):
+        """Parameter k's state: views into the flat moments (made on its first step, as torch does)."""
+        st = self.state[flat.indices[k]]
+        st["exp_avg"], st["exp_avg_sq"] = flat.view(flat.exp_avg, k), flat.view(flat.exp_avg_sq, k)
+        st.setdefault("step", 0)
+        return st
+
+    def _load_state(self, new_state):
+        """Copy the loaded moments into the flat buffers (the parameters keep their views)."""
+        self.state = [{} for _ in self.params]
+        for flat in self._flats:
+            for k, i in enumerate(flat.indices):
+                if new_state[i]:
+                    st = self._start(flat, k)
+                    st["exp_avg"][...] = new_state[i]["exp_avg"]
+                    st["exp_avg_sq"][...] = new_state[i]["exp_avg_sq"]
+                    st["step"] = new_state[i]["step"]
+
+    # ------------------------------------------------------------------ the step
+    def step(self):
+        grads = self._gradients()
+        if not all(flat.intact(self.params) for flat in self._flats):
+            self._pack()
+        for flat in self._flats:
+            have = [k for k, i in enumerate(flat.indices) if grads[i] is not None]
+            steps = {self.state[flat.indices[k]].get("step", 0) for k in have}
+            if len(have) == len(flat.indices) and len(steps) == 1 and kernels.accepts([flat.param]):
+                # on the GPU, the whole buffer at once: gather the gradients (one copy), one kernel
+                xp = backend.array_module(flat.param)
+                xp.concatenate([grads[i].reshape(-1) for i in flat.indices], out=flat.grad)
+                t = steps.pop() + 1
+                for k in range(len(flat.indices)):
+                    self._start(flat, k)["step"] = t
+                self._update_arrays(flat, slice(None), flat.param, flat.exp_avg, flat.exp_avg_sq, flat.grad, t)
+                continue
+            # Parameter by parameter, on its part of the buffers. On the CPU this is also the faster
+            # way: each parameter's arrays stay in cache across the dozen passes of the update, where
+            # passes over the whole buffer would stream it from memory each time.
+            for k in have:
+                st = self._start(flat, k)
+                st["step"] += 1
+                start, stop = flat.bounds[k]
+                self._update_arrays(flat, slice(start, stop), flat.view(flat.param, k), st["exp_avg"],
+                                    st["exp_avg_sq"], grads[flat.indices[k]], st["step"])
+
+    def _update_arrays(self, flat, part, p, m, v, grad, t):
+        """One Adam step, in place, on arrays of one shape: p, m, v and grad (`part`: where p lies in
+        the flat buffer, for the work space). On CuPy one fused kernel, else NumPy in place."""
+        decoupled = self.weight_decay != 0 and self.decoupled_weight_decay
+        l2 = self.weight_decay != 0 and not self.decoupled_weight_decay
+        step_size = self.lr / (1 - self.beta1 ** t)
+        bias_correction2_sqrt = math.sqrt(1 - self.beta2 ** t)
+        if kernels.accepts([p]):
+            kernels.adam_step(p, m, v, grad, decay=1 - self.lr * self.weight_decay if decoupled else 1.0, l2=l2,
+                              weight_decay=self.weight_decay, beta1=self.beta1, beta2=self.beta2, eps=self.eps,
+                              step_size=step_size, bias_correction2_sqrt=bias_correction2_sqrt)
+            return
+        xp = backend.array_module(p)
+        if flat.work is None:
+            flat.work = (xp.empty_like(flat.param), xp.empty_like(flat.param))
+        work, g = (w[part].reshape(p.shape) for w in flat.work)
 
         # 1. weight decay: AdamW shrinks the weights; Adam adds an L2 term to the gradient
-        if self.weight_decay != 0 and self.decoupled_weight_decay:
-            p.data *= 1 - self.lr * self.weight_decay
-        elif self.weight_decay != 0:
-            g = self._work(i, p, slot=1)                       # the moments read g twice: keep it apart
-            xp.multiply(p.data, self.weight_decay, out=g)
+        if decoupled:
+            p *= 1 - self.lr * self.weight_decay
+        elif l2:
+            xp.multiply(p, self.weight_decay, out=g)           # the moments read g twice: keep it apart
             g += grad                                          # g = grad + weight_decay * p
             grad = g
 
@@ -238,14 +362,12 @@ class Adam(Optimizer):
         m += work
 
         # 3. bias-corrected step: p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
-        step_size = self.lr / (1 - self.beta1 ** t)
-        bias_correction2_sqrt = math.sqrt(1 - self.beta2 ** t)
         xp.sqrt(v, out=work)
         work /= bias_correction2_sqrt
         work += self.eps                                       # work = denom
         xp.divide(m, work, out=work)
         work *= -step_size
-        p.data += work
+        p += work
 
 
 class AdamW(Adam):
