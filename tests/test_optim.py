@@ -311,9 +311,10 @@ def test_clip_grad_norm_matches_torch(max_norm, device):
         p.grad = tx.Tensor(g.copy(), device=device).data
         t.grad = torch.tensor(g)
     extra = tx.nn.Parameter(tx.Tensor([1.0], device=device))         # no grad: ignored
-    norm = optim.clip_grad_norm(ours + [extra], max_norm)
+    norm_tensor = optim.clip_grad_norm(ours + [extra], max_norm)
     t_norm = torch.nn.utils.clip_grad_norm_(theirs, max_norm)
-    assert isinstance(norm, float)
+    assert isinstance(norm_tensor, tx.Tensor) and norm_tensor.shape == () and norm_tensor.device == device
+    norm = norm_tensor.item()
     assert norm == pytest.approx(float(np.sqrt(sum((g ** 2).sum() for g in grads))), rel=1e-12)
     assert norm == pytest.approx(t_norm.item(), rel=1e-12)
     for p, t, g in zip(ours, theirs, grads):
@@ -322,7 +323,7 @@ def test_clip_grad_norm_matches_torch(max_norm, device):
             np.testing.assert_array_equal(tx.backend.to_numpy(p.grad), g)   # untouched
     clipped = np.sqrt(sum((tx.backend.to_numpy(p.grad) ** 2).sum() for p in ours))
     assert clipped == pytest.approx(min(norm, max_norm), rel=1e-5)
-    assert optim.clip_grad_norm([extra], 1.0) == 0.0
+    assert optim.clip_grad_norm([extra], 1.0).item() == 0.0
 
 
 def test_training_loop_with_backward_matches_torch():
@@ -343,7 +344,7 @@ def test_training_loop_with_backward_matches_torch():
         assert loss.item() == pytest.approx(t_loss.item(), rel=1e-12)
         loss.backward()
         t_loss.backward()
-        norm = optim.clip_grad_norm(ours.parameters(), 0.5)
+        norm = optim.clip_grad_norm(ours.parameters(), 0.5).item()
         assert norm == pytest.approx(torch.nn.utils.clip_grad_norm_(theirs.parameters(), 0.5).item(), rel=1e-12)
         opt.step()
         t_opt.step()

@@ -432,19 +432,28 @@ def clip_grad_norm(params, max_norm):
     torch.nn.utils.clip_grad_norm_ does: the factor is max_norm / (norm + 1e-6), applied in place
     when it is below 1. Parameters without a gradient are ignored.
 
+    On the GPU nothing here waits for the GPU: the norm and the factor stay on the device and every
+    gradient is multiplied by min(factor, 1) (by exactly 1 when no clipping is needed, which leaves
+    it unchanged), so the training step runs on without a host synchronisation.
+
     Returns:
-        the total norm before clipping, as a Python float.
+        the total norm before clipping, as a 0-d Tensor on the gradients' device (as torch's);
+        `.item()` reads it.
     """
     if isinstance(params, Tensor):
         params = [params]
     grads = [_grad_array(p) for p in params if p.grad is not None]
     if not grads:
-        return 0.0
+        return Tensor(0.0, device=params[0].device if params else None)
     xp = backend.array_module(grads[0])
-    squares = [xp.vdot(g, g) for g in grads]          # vdot flattens; one sync at float() below
-    total_norm = math.sqrt(float(sum(squares)))
-    clip_coef = float(max_norm) / (total_norm + 1e-6)
-    if clip_coef < 1.0:
+    total_norm = backend.as_array(xp.sqrt(sum(xp.vdot(g, g) for g in grads)))    # vdot flattens; 0-d
+    clip_coef = max_norm / (total_norm + 1e-6)
+    if backend.device_of(total_norm) == "cpu":
+        if clip_coef < 1.0:                                            # NumPy answers at once
+            for g in grads:
+                g *= clip_coef
+    else:
+        clip_coef = xp.minimum(clip_coef, 1.0)
         for g in grads:
-            g *= clip_coef
-    return total_norm
+            g *= clip_coef.astype(g.dtype, copy=False)
+    return Tensor(total_norm)
