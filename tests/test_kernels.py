@@ -372,3 +372,28 @@ def test_fused_adam_matches_torch_and_the_numpy_update(emulated, monkeypatch, ca
     for f, p, e in zip(fused, plain, expected):
         np.testing.assert_allclose(f.numpy(), e, **tol)
         np.testing.assert_allclose(f.numpy(), p.numpy(), **tol)
+
+
+def test_create_graph_after_a_fused_forward_runs_the_plain_backward(emulated, monkeypatch, fused_calls):
+    """Second derivatives through layer norm, softmax, log-softmax and cross-entropy: the fused forward
+    saves what the plain backward needs, and a create_graph backward records the plain maths."""
+    skip_cpu_runner_on_gpu_only_run()
+    rng = np.random.default_rng(3)
+    x0, w0 = rng.standard_normal((3, 2, 6)), rng.standard_normal(6)
+    target = tx.Tensor(rng.integers(0, 6, (3, 2)), device="cpu")
+
+    def second_order():
+        x = tx.Tensor(x0, requires_grad=True, device="cpu")
+        w = tx.Tensor(w0, requires_grad=True, device="cpu")
+        h = F.layer_norm(x, w, None)
+        y = (F.softmax(h, -1) * F.log_softmax(h * 0.5, -1)).sum() + F.cross_entropy(h, target, label_smoothing=0.1)
+        gx, gw = tx.grad(y, [x, w], create_graph=True)
+        ((gx * gx).sum() + (gw * gw).sum()).backward()
+        return [to_host(t) for t in (y, gx, gw, x.grad, w.grad)]
+
+    expected = second_order()
+    monkeypatch.setattr(kernels, "_on_gpu", lambda a: True)
+    actual = second_order()
+    assert {"softmax_forward", "log_softmax_forward", "layer_norm_forward", "cross_entropy_forward"} <= set(fused_calls)
+    for a, e in zip(actual, expected):
+        np.testing.assert_allclose(a, e, rtol=1e-10, atol=1e-12)
