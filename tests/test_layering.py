@@ -3,8 +3,8 @@
     backend -> tensor -> autograd -> primitives -> functional -> nn -> optim -> models -> application
 
 The engine's side modules sit between them where their imports put them: random (the generators)
-on the backend, serialization (files) on the tensor, transforms (vjp, jvp, hvp) on autograd,
-kernels (GPU code) under the primitives,
+and kernels (GPU code, which autograd dispatches to) on the backend, serialization (files) on the tensor,
+transforms (vjp, jvp, hvp) on autograd,
 gradcheck and viz (drawing) on nn, distributed (MPI) beside optim. `tinygrad_tx/__init__.py` gathers the engine, so only models
 and the application may import the package itself. `tinygrad_tx/__main__.py` is the entry point
 that starts the application.
@@ -23,11 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
     ("backend", ["tinygrad_tx.backend"]),
     ("random", ["tinygrad_tx.random"]),
+    ("kernels", ["tinygrad_tx.kernels"]),
     ("tensor", ["tinygrad_tx.tensor"]),
     ("serialization", ["tinygrad_tx.serialization"]),
     ("autograd", ["tinygrad_tx.autograd"]),
     ("transforms", ["tinygrad_tx.transforms"]),
-    ("kernels", ["tinygrad_tx.kernels"]),
     ("primitives", ["tinygrad_tx.primitives"]),
     ("functional", ["tinygrad_tx.functional"]),
     ("nn", ["tinygrad_tx.nn"]),
