@@ -8,9 +8,9 @@ import pytest
 
 import tinygrad_tx as tx
 from tinygrad_tx.app import batching, tasks, vocab
-from tinygrad_tx.app.checkpoint import load_model
+from tinygrad_tx.app.checkpoint import file_digest, load_checkpoint, load_model
 from tinygrad_tx.app.config import CheckpointError, TrainConfig
-from tinygrad_tx.app.train import Trainer, train
+from tinygrad_tx.app.train import Trainer, TrainingDiverged, TrainingInterrupted, train
 from tinygrad_tx.app.translate import Translator, score
 
 TINY = {"d_model": 16, "n_heads": 2, "d_ff": 32, "n_layers": 1, "dropout": 0.1}
@@ -38,12 +38,10 @@ def quiet_train(cfg, run_dir, **kwargs):
 
 
 def read_checkpoint(run_dir):
-    model = tx.load(os.path.join(run_dir, "model.npz"))
-    optimizer = tx.load(os.path.join(run_dir, "optimizer.npz"))
-    with open(os.path.join(run_dir, "trainer.json")) as f:
-        trainer = json.load(f)
+    ckpt = load_checkpoint(str(run_dir))
+    trainer = dict(ckpt.trainer)
     trainer.pop("seconds")
-    return model, optimizer, trainer
+    return ckpt.model, ckpt.optimizer, trainer
 
 
 def assert_same_checkpoint(a, b):
@@ -60,11 +58,17 @@ def assert_same_checkpoint(a, b):
 def test_run_directory_holds_every_file(tsv, tmp_path):
     metrics = quiet_train(tiny_config(tsv), tmp_path / "run", steps=5)
     files = sorted(os.listdir(tmp_path / "run"))
-    assert files == ["config.json", "metrics.jsonl", "model.npz", "optimizer.npz", "trainer.json", "vocab.json"]
+    assert files == ["checkpoint.json", "config.json", "metrics.jsonl", "step-00000005", "vocab.json"]
+    assert sorted(os.listdir(tmp_path / "run" / "step-00000005")) == ["model.npz", "optimizer.npz", "trainer.json"]
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [4, 5]
     assert metrics["step"] == 5 and {"exact_match", "bleu", "chrf", "valid_loss", "lr"} <= set(metrics)
-    assert json.loads((tmp_path / "run" / "trainer.json").read_text())["scheduler"]["step"] == 5
+    trainer_json = json.loads((tmp_path / "run" / "step-00000005" / "trainer.json").read_text())
+    assert trainer_json["scheduler"]["step"] == 5
+    pointer = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
+    assert pointer["step"] == 5 and pointer["folder"] == "step-00000005"
+    assert set(pointer["files"]) == {"config.json", "vocab.json", "step-00000005/model.npz",
+                                     "step-00000005/optimizer.npz", "step-00000005/trainer.json"}
 
 
 def test_loss_goes_down(tsv, tmp_path):
@@ -97,10 +101,9 @@ def test_ctrl_c_leaves_a_checkpoint_of_the_last_step(tsv, tmp_path, monkeypatch)
         return loss
 
     monkeypatch.setattr(Trainer, "train_step", interrupted_step)
-    metrics = quiet_train(cfg, tmp_path / "run", steps=50)
-    assert metrics["step"] == 3
-    trainer_json = json.loads((tmp_path / "run" / "trainer.json").read_text())
-    assert trainer_json["step"] == 3
+    with pytest.raises(TrainingInterrupted, match="saved the checkpoint of step 3"):
+        quiet_train(cfg, tmp_path / "run", steps=50)
+    assert load_checkpoint(str(tmp_path / "run")).step == 3
     monkeypatch.setattr(Trainer, "train_step", original)
     quiet_train(cfg, tmp_path / "run", steps=6, resume=True)       # the checkpoint is usable
     quiet_train(cfg, tmp_path / "straight", steps=6)
@@ -144,6 +147,11 @@ def test_loading_refuses_a_vocabulary_that_does_not_fit_the_model(tsv, tmp_path)
     vocab = json.loads((run / "vocab.json").read_text())
     vocab["tgt"].append("extra")
     (run / "vocab.json").write_text(json.dumps(vocab))
+    with pytest.raises(CheckpointError, match="vocab.json: damaged"):       # the checksum catches it first
+        load_model(str(run))
+    pointer = json.loads((run / "checkpoint.json").read_text())
+    pointer["files"]["vocab.json"] = file_digest(run / "vocab.json")         # an edit that fixes the checksum
+    (run / "checkpoint.json").write_text(json.dumps(pointer))
     with pytest.raises(CheckpointError, match="does not match"):
         load_model(str(run))
 
@@ -200,3 +208,110 @@ def test_score_metrics():
 def test_cuda_without_gpu_is_a_clear_error(tsv, tmp_path):
     with pytest.raises(RuntimeError, match="CuPy"):
         quiet_train(tiny_config(tsv), tmp_path / "run", steps=1, device="cuda")
+
+
+# ---------------------------------------------------------------------------- nothing silently wrong
+def strict_json_lines(path):
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+    return [json.loads(line, parse_constant=refuse) for line in open(path).read().splitlines()]
+
+
+def test_divergence_stops_keeps_the_last_good_checkpoint_and_never_saves_nan(tsv, tmp_path):
+    run = tmp_path / "run"
+    trainer = Trainer(tiny_config(tsv, eval_every=2), str(run), progress=False, log=lambda m: None)
+    trainer.run(steps=2)
+    good = load_checkpoint(str(run))
+    trainer.scheduler.factor = 1e12                 # the learning rate explodes from step 3 on
+    with pytest.raises(TrainingDiverged, match=r"diverged at step [34]: .*NaN|nan") as info:
+        trainer.run(steps=20)
+    message = str(info.value)
+    assert "last good checkpoint (step 2)" in message and "lower learning rate" in message
+    kept = load_checkpoint(str(run))
+    assert kept.step == 2
+    for key in good.model:
+        np.testing.assert_array_equal(kept.model[key], good.model[key])
+    assert [m["step"] for m in strict_json_lines(run / "metrics.jsonl")] == [2]
+
+
+def test_non_finite_weights_or_validation_loss_are_never_saved(tsv, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    trainer = Trainer(tiny_config(tsv, eval_every=2), str(run), progress=False, log=lambda m: None)
+    trainer.run(steps=2)
+    weight = trainer.params[0]
+    saved = weight.data.copy()
+    weight.data[0] = float("inf")
+    with pytest.raises(TrainingDiverged, match="holds NaN or infinite values"):
+        trainer.save_checkpoint()
+    weight.data[...] = saved
+    monkeypatch.setattr(Trainer, "validate", lambda self: {"valid_loss": float("nan")})
+    with pytest.raises(TrainingDiverged, match="validation loss became nan"):
+        trainer.run(steps=4)
+    assert load_checkpoint(str(run)).step == 2
+    assert [m["step"] for m in strict_json_lines(run / "metrics.jsonl")] == [2]
+
+
+def test_an_out_that_is_not_a_run_is_refused_unless_forced(tsv, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("do not overwrite")
+    (out / "config.json").write_text("my own config")
+    with pytest.raises(CheckpointError, match=r"not empty and is not a training run \(it holds thesis.tex\)"):
+        quiet_train(tiny_config(tsv), out, steps=1)
+    assert (out / "config.json").read_text() == "my own config" and sorted(os.listdir(out)) == ["config.json",
+                                                                                                 "thesis.tex"]
+    quiet_train(tiny_config(tsv), out, steps=1, force=True)
+    assert (out / "thesis.tex").read_text() == "do not overwrite"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CheckpointError, match="is a file, not a directory"):
+        quiet_train(tiny_config(tsv), tmp_path / "file", steps=1)
+
+
+def test_an_unwritable_out_fails_before_training(tsv, tmp_path, monkeypatch):
+    steps = []
+    monkeypatch.setattr(Trainer, "train_step", lambda self, batch: steps.append(1) or 1.0)
+    (tmp_path / "file-not-dir").write_text("x")
+    with pytest.raises(CheckpointError, match="cannot write the run directory"):
+        quiet_train(tiny_config(tsv), tmp_path / "file-not-dir" / "run", steps=5)
+    blocked = tmp_path / "blocked"                  # config.json cannot be replaced: it is a folder
+    (blocked / "config.json").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="cannot write the run directory"):
+        quiet_train(tiny_config(tsv), blocked, steps=5)
+    if os.geteuid() != 0:                           # root may write into a read-only folder
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        with pytest.raises(CheckpointError, match="cannot write the run directory"):
+            quiet_train(tiny_config(tsv), ro, steps=5)
+    assert steps == []
+
+
+def test_validation_sentences_longer_than_max_len_are_refused_before_training(tsv, tmp_path):
+    long_valid = str(tmp_path / "valid.tsv")
+    tasks.write_tsv([("a " * 1000, "b")] + tasks.read_tsv(tsv["valid"]), long_valid)
+    with pytest.raises(tasks.DataError, match="validation pair 1 .* more than the model's max_len"):
+        Trainer(tiny_config(tsv, valid=long_valid), str(tmp_path / "run"), progress=False, log=lambda m: None)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("content", ["source\ttarget\n", "a\tb\n" * 9])
+def test_too_few_pairs_to_hold_out_validation_is_a_clear_error(tmp_path, content):
+    (tmp_path / "few.tsv").write_text(content)
+    with pytest.raises(tasks.DataError, match=r"holds only \d pair\(s\): too few .* --valid"):
+        Trainer(TrainConfig(data=str(tmp_path / "few.tsv"), model=TINY), str(tmp_path / "run"),
+                progress=False, log=lambda m: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_config_checks_and_defaults(tmp_path):
+    assert TrainConfig(data="pairs.tsv").task is None                       # as the docstring shows it
+    assert TrainConfig().task == tasks.DEFAULT_TASK
+    for bad in [{"batch_size": 0}, {"eval_every": 0}, {"warmup_steps": -1}, {"lr_factor": 0},
+                {"level": "byte"}, {"task": "copy", "data": "x.tsv"}]:
+        with pytest.raises(ValueError, match="TrainConfig"):
+            TrainConfig(**bad)
+
+
+def test_a_utf8_bom_is_not_a_token(tmp_path):
+    (tmp_path / "bom.tsv").write_bytes("\ufeffhello\tbonjour\nworld\tmonde\n".encode("utf-8"))
+    assert tasks.read_tsv(str(tmp_path / "bom.tsv"))[0] == ("hello", "bonjour")

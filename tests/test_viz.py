@@ -2,6 +2,7 @@
 rendering with the real `dot`, the no-Graphviz path, and the attention / positional-encoding plots."""
 import gc
 import html
+import os
 import re
 import struct
 import subprocess
@@ -425,3 +426,31 @@ def test_positional_encoding_table_and_plot(tmp_path):
         pass
     data = read(tx.viz.plot_positional_encoding(50, 16, tmp_path / "pe.png"), "rb")
     assert len(data) > 5_000 and min(png_size(data)) > 200
+
+
+def test_draw_never_follows_a_planted_symlink(tmp_path):
+    """draw writes through serialization.atomic_write: a fresh, exclusively created temporary name."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "head.dot"
+    os.symlink(victim, f"{out}.tmp-{os.getpid()}")         # the name the old writer used
+    drawings.draw_command("attention", out)
+    assert victim.read_text() == "precious" and read(out).startswith("digraph")
+
+
+def test_every_file_the_package_writes_goes_through_the_atomic_writer():
+    """No module but serialization.py opens a file for writing, renames over a path, or saves a figure."""
+    root = os.path.dirname(tx.__file__)
+    writes = re.compile(r"""open\([^)]*,\s*["'][wax]b?\+?["']|os\.replace\(|os\.rename\(|\.savefig\((?!f\b)""")
+    offenders = []
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            if not name.endswith(".py") or path.endswith("serialization.py"):
+                continue
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+            for number, line in enumerate(lines, start=1):
+                if writes.search(line) and "/proc/self/clear_refs" not in line:
+                    offenders.append(f"{os.path.relpath(path, root)}:{number}: {line.strip()}")
+    assert offenders == []

@@ -6,9 +6,11 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import numbers
 import os
+import shutil
 import uuid
 import zipfile
 from collections.abc import Mapping
@@ -19,6 +21,7 @@ from .tensor import Tensor
 
 def atomic_write(path, write) -> None:
     """Write a file so that readers see the old content or the complete new one, never half of it.
+    Every file the package writes goes through here.
 
     `write` is bytes, a str (written as UTF-8), or a callable that writes into the open binary file.
     The data goes to a fresh temporary file in the same folder, created with O_EXCL under a random
@@ -45,12 +48,49 @@ def atomic_write(path, write) -> None:
         raise
 
 
+@contextlib.contextmanager
+def atomic_directory(path):
+    """Fill a folder that appears at `path` complete or not at all.
+
+        with atomic_directory("run/step-00000500") as tmp:
+            save(state, os.path.join(tmp, "model.npz"))
+
+    The body writes into a fresh temporary folder beside `path` (created with a random name, so a
+    planted folder is never used); on success its files are fsync'ed and it is renamed to `path`
+    (a leftover folder at `path` is replaced); on any failure it is removed and `path` is untouched.
+    """
+    path = os.path.abspath(os.fspath(path))
+    folder, base = os.path.split(path)
+    tmp = os.path.join(folder, f".{base}.{uuid.uuid4().hex}.tmp")
+    os.mkdir(tmp)
+    try:
+        yield tmp
+        fsync_directory(tmp)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        os.rename(tmp, path)
+        fsync_directory(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def fsync_directory(path) -> None:
+    """Make the names in a folder (new files, renames) durable, as fsync does for a file's data."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_text(path, text: str) -> None:
     atomic_write(path, text)
 
 
 def atomic_write_json(path, obj) -> None:
-    atomic_write(path, json.dumps(obj, indent=1) + "\n")
+    """Write `obj` as JSON; NaN and infinity are refused (ValueError), as they are not valid JSON."""
+    atomic_write(path, json.dumps(obj, indent=1, allow_nan=False) + "\n")
 
 
 def _host_array(name, value):
@@ -92,9 +132,19 @@ def load(path) -> dict:
     """Read a file written by `save` into a dict of name -> host NumPy array.
 
     Uses allow_pickle=False: a file holding pickled objects raises instead of running code.
-    Scalars come back as 0-d arrays.
+    Scalars come back as 0-d arrays. A file that is not an .npz archive, or a damaged one, is a
+    ValueError naming the file.
     """
-    return read_npz(os.fspath(path))
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):       # a zip archive's first entry, or an empty one
+        what = "it is empty" if not magic else f"it starts with {magic!r}, not a zip archive's 'PK'"
+        raise ValueError(f"load: {path} is not an .npz file ({what})")
+    try:
+        return read_npz(path)
+    except (zipfile.BadZipFile, EOFError, KeyError) as e:
+        raise ValueError(f"load: {path} is a damaged .npz file: {e}") from e
 
 
 # ---------------------------------------------------------------------------- .npz files

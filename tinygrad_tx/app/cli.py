@@ -24,9 +24,9 @@ from tinygrad_tx import viz
 
 from . import drawings, tasks
 from .analysis import translate_and_attend
-from .checkpoint import has_checkpoint, load_model, read_json
+from .checkpoint import has_checkpoint, load_model, read_config
 from .config import CheckpointError, TrainConfig
-from .train import train
+from .train import TrainingInterrupted, train
 from .translate import Translator
 
 DEFAULT_MINUTES = 5
@@ -48,7 +48,8 @@ def _explicit(args, names) -> dict:
 
 
 def cmd_train(args) -> int:
-    given = _explicit(args, ["task", "data", "valid", "config", "seed", "batch_size", "eval_every"])
+    given = _explicit(args, ["task", "data", "valid", "config", "seed", "batch_size", "eval_every", "lr_factor",
+                             "warmup_steps"])
     if args.char:
         given["level"] = "char"
     if args.batch_tokens is not None:
@@ -60,7 +61,7 @@ def cmd_train(args) -> int:
     if args.dropout is not None and not 0 <= args.dropout < 1:
         raise CommandError(f"--dropout must be at least 0 and below 1, got {args.dropout}")
     # Under mpirun only rank 0 reads the run directory (the others may run on hosts that cannot see it).
-    saved = dist.from_root(lambda: read_json(os.path.join(args.out, "config.json"))["train"]
+    saved = dist.from_root(lambda: read_config(args.out)[0].to_json()
                            if args.resume and has_checkpoint(args.out) else None)
     if saved is not None:
         # Settings not given again are the checkpoint's; settings given must match it (checked by Trainer).
@@ -76,7 +77,8 @@ def cmd_train(args) -> int:
     main_process = dist.rank() == 0
     if args.minutes is None and args.steps is None and main_process:
         print(f"training for {DEFAULT_MINUTES} minutes (set --minutes or --steps)", file=sys.stderr)
-    metrics = train(cfg, args.out, steps=args.steps, minutes=minutes, device=args.device, resume=args.resume)
+    metrics = train(cfg, args.out, steps=args.steps, minutes=minutes, device=args.device, resume=args.resume,
+                    force=args.force)
     if not main_process:
         return 0
     _print_metrics({k: metrics[k] for k in ("exact_match", "bleu", "chrf")}, as_json=False,
@@ -87,13 +89,32 @@ def cmd_train(args) -> int:
 
 # ---------------------------------------------------------------------------- translate / evaluate
 def cmd_translate(args) -> int:
-    texts = args.text or [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    if not texts:
+    """One output line per input line: a blank line gives a blank line, and a sentence too long for the
+    model is reported on stderr (and gives a blank line) while the others are translated."""
+    if args.text:
+        texts = args.text
+    else:
+        texts = sys.stdin.read().splitlines()
+        if texts and texts[0].startswith("\ufeff"):      # a UTF-8 byte order mark
+            texts[0] = texts[0][1:]
+    if not any(t.strip() for t in texts):
         raise CommandError("nothing to translate: give sentences as arguments or lines on stdin")
     translator = Translator.load(args.checkpoint, args.device)
-    for translation in translator.translate(texts, beam=args.beam, warn=_warn):
-        print(translation)
-    return 0
+    todo = []
+    for i, text in enumerate(texts):
+        if not text.strip():
+            continue
+        problem = translator.length_problem(text)
+        if problem:
+            _warn(f"line {i + 1} not translated: {problem}")
+        else:
+            todo.append(i)
+    out = [""] * len(texts)
+    for i, translation in zip(todo, translator.translate([texts[i] for i in todo], beam=args.beam, warn=_warn)):
+        out[i] = translation
+    for line in out:
+        print(line)
+    return 1 if len(todo) < sum(bool(t.strip()) for t in texts) else 0
 
 
 def cmd_evaluate(args) -> int:
@@ -210,6 +231,28 @@ def cmd_guide(args) -> int:
 
 
 # ---------------------------------------------------------------------------- parser
+def _at_least_one(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive(text: str) -> float:
+    """argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tinygrad-tx", description="Train and use toy Transformer translators "
                                 "built on the tinygrad_tx autodiff engine.")
@@ -223,22 +266,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--valid", help="validation pairs (TSV); default: hold out up to 1000 training pairs")
     t.add_argument("--out", required=True, help="the run directory (checkpoint, vocab, metrics)")
     budget = t.add_mutually_exclusive_group()
-    budget.add_argument("--minutes", type=float, help=f"train this many minutes (default {DEFAULT_MINUTES})")
-    budget.add_argument("--steps", type=int, help="train until this many steps in total")
+    budget.add_argument("--minutes", type=_positive, help=f"train this many minutes (default {DEFAULT_MINUTES})")
+    budget.add_argument("--steps", type=_at_least_one, help="train until this many steps in total")
     t.add_argument("--config", choices=["small", "base", "paper"], help="model size (default small)")
     t.add_argument("--device", choices=["cpu", "cuda"], help="default cpu (or $TX_DEVICE)")
     t.add_argument("--seed", type=int, help="seed for data, initialisation and batch order (default 0)")
     t.add_argument("--resume", action="store_true", help="continue the checkpoint in --out exactly")
+    t.add_argument("--force", action="store_true", help="write into an --out that holds other files")
     t.add_argument("--char", action="store_true", help="character-level tokens instead of words")
     t.add_argument("--dropout", type=float, help="dropout probability, instead of the preset's (0.1)")
     batch = t.add_mutually_exclusive_group()
-    batch.add_argument("--batch-size", type=int, help="sentences per batch (default 64)")
-    batch.add_argument("--batch-tokens", type=int, help="padded tokens per batch, instead of --batch-size")
-    t.add_argument("--eval-every", type=int, help="validate and checkpoint every N steps (default 500)")
+    batch.add_argument("--batch-size", type=_at_least_one, help="sentences per batch (default 64)")
+    batch.add_argument("--batch-tokens", type=_at_least_one, help="padded tokens per batch, instead of --batch-size")
+    t.add_argument("--eval-every", type=_at_least_one, help="validate and checkpoint every N steps (default 500)")
+    t.add_argument("--lr-factor", type=_positive, help="scale of the Noam learning rate (default 0.5)")
+    t.add_argument("--warmup-steps", type=_at_least_one, help="steps of learning-rate warm-up (default 200)")
 
     tr = sub.add_parser("translate", help="translate sentences with a trained run")
     tr.add_argument("--checkpoint", required=True, metavar="RUN_DIR")
-    tr.add_argument("--beam", type=int, default=1, help="beam size (1: greedy decoding)")
+    tr.add_argument("--beam", type=_at_least_one, default=1, help="beam size (1: greedy decoding)")
     tr.add_argument("--device", choices=["cpu", "cuda"])
     tr.add_argument("text", nargs="*", help="sentences to translate; none: read lines from stdin")
 
@@ -247,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     test = e.add_mutually_exclusive_group(required=True)
     test.add_argument("--task", help="a generated task: its test split with the run's seed")
     test.add_argument("--data", help="test pairs (TSV)")
-    e.add_argument("--beam", type=int, default=1)
+    e.add_argument("--beam", type=_at_least_one, default=1, help="beam size (1: greedy decoding)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--device", choices=["cpu", "cuda"])
 
@@ -264,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("demo", help="train numbers-en-fr for a few minutes, evaluate, translate, draw")
     m.add_argument("--out", default="runs/demo", help="the run directory (default runs/demo)")
-    m.add_argument("--minutes", type=float, default=3.0)
+    m.add_argument("--minutes", type=_positive, default=3.0)
     m.add_argument("--device", choices=["cpu", "cuda"])
 
     gd = sub.add_parser("guide", help="regenerate docs/: the guide and the autodiff lesson (pages, notebooks, "
@@ -298,6 +344,9 @@ def main(argv=None) -> int:
             raise
         _report_error(args.command, e)
         return 1
+    except TrainingInterrupted as e:
+        print(f"tinygrad-tx {args.command}: {e}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print(f"tinygrad-tx {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -27,10 +27,11 @@ MODEL_PRESETS = {
 class TrainConfig:
     """Everything that decides what a run learns. Saved as config.json; --resume must match it.
 
-    Data: `task` (a generated task, see tasks.load_task) or `data` (a TSV file) with an optional
-    `valid` TSV (otherwise up to 1000 training pairs are held out).
+    Data: `task` (a generated task, see tasks.load_task; default numbers-en-fr when no `data` is
+    given) or `data` (a TSV file) with an optional `valid` TSV (otherwise up to 1000 training pairs,
+    a tenth at most, are held out).
     """
-    task: str | None = tasks.DEFAULT_TASK
+    task: str | None = None
     data: str | None = None
     valid: str | None = None
     level: str = "word"                     # tokenizer: "word" or "char"
@@ -51,8 +52,24 @@ class TrainConfig:
     eval_every: int = 500                   # validate and checkpoint every this many steps
 
     def __post_init__(self):
-        if (self.task is None) == (self.data is None):
-            raise ValueError("TrainConfig: give exactly one of task (a generated task) or data (a TSV file)")
+        if self.task is None and self.data is None:
+            self.task = tasks.DEFAULT_TASK
+        if self.task is not None and self.data is not None:
+            raise ValueError("TrainConfig: give one of task (a generated task) or data (a TSV file), not both")
+        if self.valid is not None and self.data is None:
+            raise ValueError("TrainConfig: valid (a TSV file) goes with data; a generated task has its own")
+        for name in ("batch_size", "warmup_steps", "eval_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"TrainConfig: {name} must be a whole number >= 1, got {value!r}")
+        if self.level not in ("word", "char"):
+            raise ValueError(f"TrainConfig: level must be 'word' or 'char', got {self.level!r}")
+        if self.batch_unit not in ("sentences", "tokens"):
+            raise ValueError(f"TrainConfig: batch_unit must be 'sentences' or 'tokens', got {self.batch_unit!r}")
+        if not (isinstance(self.lr_factor, (int, float)) and self.lr_factor > 0):
+            raise ValueError(f"TrainConfig: lr_factor must be > 0, got {self.lr_factor!r}")
+        if not (isinstance(self.label_smoothing, (int, float)) and 0 <= self.label_smoothing < 1):
+            raise ValueError(f"TrainConfig: label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if self.config not in MODEL_PRESETS:
             raise ValueError(f"unknown config {self.config!r}; expected one of {', '.join(MODEL_PRESETS)}")
         if self.data is not None:
@@ -86,6 +103,10 @@ def load_pairs(cfg: TrainConfig, split: str) -> list[tuple[str, str]]:
     if cfg.valid is not None:
         return pairs if split == "train" else tasks.read_tsv(cfg.valid)
     train_pairs, valid_pairs = tasks.split_off_valid(pairs, cfg.seed)
+    if not valid_pairs:
+        raise tasks.DataError(f"{cfg.data} holds only {len(pairs)} pair(s): too few to hold out a validation "
+                              f"set (a tenth of at least 10 pairs); add pairs, or give a validation file "
+                              f"with --valid")
     return train_pairs if split == "train" else valid_pairs
 
 

@@ -129,11 +129,13 @@ def _number_task(name, split, seed, size):
 def read_tsv(path: str) -> list[tuple[str, str]]:
     """Read `source<TAB>target` lines. Blank lines are skipped; any other bad line is an error.
 
+    There is no header line: every non-blank line is a pair. A UTF-8 byte order mark is dropped.
+
     Raises:
         DataError naming the file, and the line numbers of bad lines (the first 10 of them).
     """
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             lines = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read {path}: {e}") from e

@@ -5,14 +5,8 @@
     translator = Translator.load("runs/numbers")
     translator.translate(["ninety-seven"])           # ['quatre-vingt-dix-sept']
 
-A run directory holds, each file written atomically (temporary file + os.replace):
-    config.json      the TrainConfig and the TransformerConfig
-    vocab.json       the tokenizer level and both vocabularies (data.PairVocab)
-    model.npz        the model's state_dict
-    optimizer.npz    Adam's moments and step counts (optim.Adam.state_dict)
-    trainer.json     step, epoch, position in the epoch's batches, the NoamScheduler state,
-                     the engine RNG state (dropout), and training seconds so far
-    metrics.jsonl    one JSON object per validation: losses, exact match, BLEU, chrF
+The run directory (its layout, and how a checkpoint is saved as one atomic unit that survives
+kill -9) is described in checkpoint.py, which holds all saving and loading.
 
 Under `mpirun -np N` (tinygrad_tx.distributed) the N processes train one model on each global batch:
 rank r takes rows r, r+N, r+2N, ... of every batch, the gradients are averaged (weighted by each
@@ -25,23 +19,20 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
-import os
 import signal
 import sys
 import time
 from dataclasses import dataclass
 
+from tinygrad_tx.models.transformer import Transformer
+
 import tinygrad_tx as tx
 from tinygrad_tx import backend, optim, random
 from tinygrad_tx import distributed as dist
 from tinygrad_tx import functional as F
-from tinygrad_tx.models.transformer import Transformer
-from tinygrad_tx.serialization import atomic_write_json, atomic_write_text, load, save
 
-from . import batching
-from .checkpoint import CHECKPOINT_FILES, config_differences, has_checkpoint, read_json
+from . import batching, checkpoint
 from .config import CheckpointError, TrainConfig, encode_pairs, load_pairs
 from .tasks import DataError
 from .translate import Translator
@@ -49,6 +40,14 @@ from .vocab import PAD, PairVocab
 
 
 # ---------------------------------------------------------------------------- the trainer
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights stopped being finite numbers; nothing of that step was saved."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training after the checkpoint of the last finished step was saved."""
+
+
 @dataclass
 class TrainerState:
     """Where training stands: everything beyond the weights that an exact resume needs."""
@@ -60,7 +59,8 @@ class TrainerState:
 
 class _StopOnInterrupt:
     """The first Ctrl-C asks the loop to stop after the current step (which then checkpoints);
-    a second one interrupts at once. The files stay valid either way: each is replaced atomically."""
+    a second one interrupts at once. The run directory stays valid either way: a checkpoint is
+    committed atomically (checkpoint.py)."""
 
     def __init__(self):
         self.requested = False
@@ -88,7 +88,10 @@ class Trainer:
     """Owns the model, optimizer, schedule, data order and run directory of one training run."""
 
     def __init__(self, cfg: TrainConfig, run_dir: str, device: str | None = None, resume: bool = False,
-                 log=None, progress: bool = True):
+                 log=None, progress: bool = True, force: bool = False):
+        """Everything is checked here, before the first step: the run directory, the data (every
+        sentence, validation included, must fit the model's max_len) and that the run directory can
+        be written. `force` writes into a non-empty directory that is not a run."""
         self.cfg, self.run_dir = cfg, run_dir
         # With several processes (mpirun), rank 0 alone logs, validates and writes the run directory.
         self.rank, self.world_size = dist.rank(), dist.world_size()
@@ -97,7 +100,9 @@ class Trainer:
         if self.rank != 0:
             self.log = lambda message: None
         self.device = backend.check_device(device)          # clear error for cuda without a GPU
-        dist.from_root(lambda: self._check_run_dir(resume))
+        self.checkpoint_hook = None                          # called at each point of a save (for tests)
+        self._saved = None                                   # rank 0: the checkpoint to resume, verified
+        dist.from_root(lambda: self._check_run_dir(resume, force))
 
         # 1. Data: text pairs, the vocabulary, token ids.
         self.log(f"loading {cfg.task or cfg.data} ...")
@@ -117,10 +122,8 @@ class Trainer:
         # 2. Model, optimizer and schedule; the seed fixes the initial weights.
         tx.manual_seed(cfg.seed)
         self.model_config = cfg.model_config(len(self.vocab.src), len(self.vocab.tgt))
-        longest = max(self.lengths)
-        if longest > self.model_config.max_len:
-            raise DataError(f"the longest training sequence has {longest} tokens, more than the model's "
-                            f"max_len={self.model_config.max_len}")
+        self._check_lengths(train_pairs, "training")
+        self._check_lengths(self.valid_pairs, "validation")
         self.model = Transformer(self.model_config).to(device=self.device)
         self.params = list(self.model.parameters())
         dist.broadcast_parameters(self.params)              # every rank starts from rank 0's weights
@@ -131,72 +134,92 @@ class Trainer:
                                              cfg.lr_factor)
         self.state = TrainerState()
         self.metrics: list[dict] = []
+        self.saved_step: int | None = None                   # the step of the last checkpoint saved
         self._rng_per_rank = None          # every rank's generator state, gathered before each save
+
+        # 3. The run directory: a resumed run takes its checkpoint; a fresh one writes config.json and
+        #    vocab.json now, so an --out that cannot be written fails before any training.
         if resume:
-            dist.from_root(self._load_checkpoint)
+            dist.from_root(self._restore)
             self._share_checkpoint()
-        elif self.rank == 0:
-            os.makedirs(run_dir, exist_ok=True)
+        else:
+            dist.from_root(lambda: checkpoint.start_run(run_dir, cfg, self.model_config, self.vocab))
         self.translator = Translator(self.model, self.vocab)
 
     # ------------------------------------------------------------------ checkpoints
-    def _check_run_dir(self, resume):
+    def _check_run_dir(self, resume, force):
+        """Rank 0: refuse a run directory that does not fit (reading and verifying the checkpoint to
+        resume), then remove what a killed save left behind."""
         cfg, run_dir = self.cfg, self.run_dir
-        if resume and not has_checkpoint(run_dir):
-            raise CheckpointError(f"--resume: {run_dir} holds no checkpoint to resume from")
-        if not resume and has_checkpoint(run_dir):
-            raise CheckpointError(f"{run_dir} already holds a checkpoint: pass --resume to continue it, "
-                                  f"or choose another --out")
         if resume:
-            saved = TrainConfig.from_json(read_json(os.path.join(run_dir, "config.json"))["train"])
-            diffs = config_differences(saved, cfg)
+            if not checkpoint.has_checkpoint(run_dir):
+                raise CheckpointError(f"--resume: {run_dir} holds no checkpoint to resume from")
+            self._saved = checkpoint.load_checkpoint(run_dir)      # every file verified
+            diffs = checkpoint.config_differences(self._saved.cfg, cfg)
             if diffs:
                 raise CheckpointError(f"cannot resume {run_dir}: it was trained with other settings:\n  "
                                       + "\n  ".join(diffs))
+        else:
+            checkpoint.check_out_dir(run_dir, force)
+            if checkpoint.has_checkpoint(run_dir):
+                raise CheckpointError(f"{run_dir} already holds a checkpoint: pass --resume to continue it, "
+                                      f"or choose another --out")
+        checkpoint.clean_stale(run_dir)
 
     def _check_vocab(self):
-        saved_vocab = PairVocab.load(os.path.join(self.run_dir, "vocab.json"))
-        diff = saved_vocab.describe_difference(self.vocab)
+        diff = self._saved.vocab.describe_difference(self.vocab)
         if diff:
             raise CheckpointError(f"cannot resume {self.run_dir}: its vocabulary differs from this data's: {diff}")
 
-    def _path(self, name):
-        return os.path.join(self.run_dir, name)
+    def _check_lengths(self, pairs, which):
+        max_len = self.model_config.max_len
+        for i, (source, target) in enumerate(pairs):
+            n = max(len(self.vocab.encode_source(source)), len(self.vocab.encode_target(target)))
+            if n > max_len:
+                raise DataError(f"{which} pair {i + 1} ({source[:60]!r} -> {target[:60]!r}) has {n} tokens, more "
+                                f"than the model's max_len={max_len}; shorten or drop it, or raise max_len")
 
+    # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self):
-        """Write every file of the run directory; trainer.json (the step) goes last."""
-        atomic_write_json(self._path("config.json"), {"train": self.cfg.to_json(),
-                                                           "model": dataclasses.asdict(self.model_config)})
-        self.vocab.save(self._path("vocab.json"))
-        save(self.model.state_dict(), self._path("model.npz"))
-        save(self.optimizer.state_dict(), self._path("optimizer.npz"))
-        atomic_write_text(self._path("metrics.jsonl"), "".join(json.dumps(m) + "\n" for m in self.metrics))
-        atomic_write_json(self._path("trainer.json"), {
-            **dataclasses.asdict(self.state),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": random.rng_state(),
-            **({"rng_per_rank": self._rng_per_rank} if self.world_size > 1 else {}),
-        })
+        """Save the model, optimizer and trainer state as one atomic checkpoint (checkpoint.py)."""
+        self._check_finite()
+        trainer = {**dataclasses.asdict(self.state), "scheduler": self.scheduler.state_dict(),
+                   "rng": random.rng_state(),
+                   **({"rng_per_rank": self._rng_per_rank} if self.world_size > 1 else {})}
+        checkpoint.save_checkpoint(self.run_dir, self.state.step, self.model.state_dict(),
+                                   self.optimizer.state_dict(), trainer, self.metrics, hook=self.checkpoint_hook)
+        self.saved_step = self.state.step
 
-    def _load_checkpoint(self):
-        missing = [n for n in CHECKPOINT_FILES if not os.path.exists(self._path(n))]
-        if missing:
-            raise CheckpointError(f"{self.run_dir} is not a complete checkpoint: missing {', '.join(missing)}")
-        trainer = read_json(self._path("trainer.json"))
+    def _restore(self):
+        """Rank 0: take the verified checkpoint read by _check_run_dir."""
+        saved, self._saved = self._saved, None
+        trainer = saved.trainer
         try:
-            self.model.load_state_dict(load(self._path("model.npz")))
-            self.optimizer.load_state_dict(load(self._path("optimizer.npz")))
+            self.model.load_state_dict(saved.model)
+            self.optimizer.load_state_dict(saved.optimizer)
             self.scheduler.load_state_dict(trainer["scheduler"])
             self.state = TrainerState(**{f.name: trainer[f.name] for f in dataclasses.fields(TrainerState)})
             random.set_rng_state(trainer["rng"])
             self._rng_per_rank = trainer.get("rng_per_rank")
         except (KeyError, ValueError, TypeError) as e:
             raise CheckpointError(f"cannot resume {self.run_dir}: {e}") from e
-        if os.path.exists(self._path("metrics.jsonl")):
-            with open(self._path("metrics.jsonl"), encoding="utf-8") as f:
-                records = [json.loads(line) for line in f if line.strip()]
-            self.metrics = [m for m in records if m["step"] <= self.state.step]
+        self.metrics = saved.metrics
+        self.saved_step = saved.step
         self.log(f"resumed {self.run_dir} at step {self.state.step}")
+
+    def _check_finite(self):
+        """Refuse to save weights that hold NaN or infinity (a diverged model)."""
+        for name, p in self.model.named_parameters():
+            if not math.isfinite(float(abs(p.data).max())):
+                raise self._diverged(f"parameter {name} holds NaN or infinite values")
+
+    def _diverged(self, what) -> TrainingDiverged:
+        last = self.saved_step
+        kept = (f"the last good checkpoint (step {last}) is kept in {self.run_dir}" if last is not None
+                else f"no checkpoint was saved in {self.run_dir}")
+        return TrainingDiverged(f"training diverged at step {self.state.step}: {what}. Nothing of this step was "
+                                f"saved; {kept}. Try a lower learning rate (--lr-factor, {self.cfg.lr_factor} now) "
+                                f"or more warm-up (--warmup-steps, {self.cfg.warmup_steps} now)")
 
     def _share_checkpoint(self):
         """Hand what rank 0 read from the checkpoint to the other ranks (they may not see its files)."""
@@ -205,12 +228,14 @@ class Trainer:
         dist.broadcast_parameters(self.params)
         shared = dist.broadcast_object({
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "state": dataclasses.asdict(self.state), "metrics": self.metrics, "rng_per_rank": self._rng_per_rank})
+            "state": dataclasses.asdict(self.state), "metrics": self.metrics, "rng_per_rank": self._rng_per_rank,
+            "saved_step": self.saved_step})
         if self.rank != 0:
             self.optimizer.load_state_dict(shared["optimizer"])
             self.scheduler.load_state_dict(shared["scheduler"])
             self.state = TrainerState(**shared["state"])
             self.metrics = shared["metrics"]
+            self.saved_step = shared["saved_step"]
         # Each rank continues its own dropout generator; saved by as many ranks as run now, or reseeded.
         per_rank = shared["rng_per_rank"]
         if per_rank is not None and len(per_rank) == self.world_size:
@@ -274,9 +299,24 @@ class Trainer:
         and checkpoints. Returns the last metrics record."""
         if steps is None and minutes is None:
             raise ValueError("run: give steps or minutes")
-        cfg, state = self.cfg, self.state
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"run: steps must be a whole number >= 1, got {steps!r}")
+        if minutes is not None and not minutes > 0:
+            raise ValueError(f"run: minutes must be > 0, got {minutes!r}")
         deadline = None if minutes is None else time.monotonic() + 60.0 * minutes
         bar = self._progress_bar(steps)
+        try:
+            interrupted = self._train_until(steps, deadline, bar)
+        finally:
+            if bar is not None:
+                bar.close()          # before any error message, so that the two do not mix
+        if interrupted:
+            raise TrainingInterrupted(f"interrupted: saved the checkpoint of step {self.state.step} in {self.run_dir}")
+        return self.metrics[-1] if self.metrics else {}
+
+    def _train_until(self, steps, deadline, bar) -> bool:
+        """The loop of run(); True when Ctrl-C stopped it."""
+        cfg, state = self.cfg, self.state
         losses, tokens, window_start = [], 0, time.monotonic()
         interrupted = finished = False
         with _StopOnInterrupt() as stop:
@@ -292,11 +332,10 @@ class Trainer:
                     shard = rows[self.rank::self.world_size]     # this rank's rows of it
                     batch = batching.collate([self.examples[i] for i in shard], self.device) if shard else None
                     loss = self.train_step(batch)
-                    if batch is not None and not math.isfinite(loss):
-                        raise FloatingPointError(f"the loss became {loss} at step {state.step + 1}; try a "
-                                                 f"smaller lr_factor or more warmup_steps")
-                    n_tokens = sum(len(self.examples[i][1]) - 1 for i in rows)
                     state.step += 1
+                    if batch is not None and not math.isfinite(loss):
+                        raise self._diverged(f"the training loss became {loss}")
+                    n_tokens = sum(len(self.examples[i][1]) - 1 for i in rows)
                     state.position += 1
                     state.seconds += time.monotonic() - step_start
                     if self.world_size == 1:
@@ -318,11 +357,7 @@ class Trainer:
             if not self.metrics or self.metrics[-1]["step"] != state.step:
                 rate = tokens / max(time.monotonic() - window_start, 1e-9)
                 self._evaluate_and_save(losses, rate, bar)
-        if bar is not None:
-            bar.close()
-        if interrupted:
-            self.log(f"interrupted: saved the checkpoint of step {state.step} in {self.run_dir}")
-        return self.metrics[-1] if self.metrics else {}
+        return interrupted
 
     def _stop_decision(self, steps, deadline, stop):
         """None to take another step, "done" or "interrupted" to stop. Rank 0 decides for all ranks, so
@@ -348,8 +383,15 @@ class Trainer:
                   "train_loss": sum(losses) / len(losses) if losses else None, "lr": self.optimizer.lr,
                   "tokens_per_s": round(tokens_per_s, 1)}
         record.update(self.validate())
+        if not math.isfinite(record["valid_loss"]):
+            raise self._diverged(f"the validation loss became {record['valid_loss']}")
+        self._check_finite()
         self.metrics.append(record)
-        self.save_checkpoint()
+        try:
+            self.save_checkpoint()
+        except BaseException:
+            self.metrics.pop()
+            raise
         message = (f"step {record['step']}: valid loss {record['valid_loss']:.3f}, exact match "
                    f"{record['exact_match']:.1f}%, BLEU {record['bleu']:.1f}, chrF {record['chrf']:.1f}")
         if bar is not None:
@@ -376,7 +418,11 @@ def _rank_seed(seed: int, rank: int, step: int = 0) -> int:
 
 
 def train(cfg: TrainConfig, run_dir: str, steps: int | None = None, minutes: float | None = None,
-          device: str | None = None, resume: bool = False, progress: bool = True, log=None) -> dict:
-    """Train (or resume) a run; returns the final validation metrics. See Trainer.run."""
-    trainer = Trainer(cfg, run_dir, device=device, resume=resume, progress=progress, log=log)
+          device: str | None = None, resume: bool = False, progress: bool = True, log=None,
+          force: bool = False) -> dict:
+    """Train (or resume) a run; returns the final validation metrics. See Trainer.run.
+
+    Raises TrainingDiverged (nothing of the bad step saved) and TrainingInterrupted (after Ctrl-C,
+    once the last finished step is saved)."""
+    trainer = Trainer(cfg, run_dir, device=device, resume=resume, progress=progress, log=log, force=force)
     return trainer.run(steps=steps, minutes=minutes)

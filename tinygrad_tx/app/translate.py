@@ -9,6 +9,7 @@ from . import batching
 from .checkpoint import load_model
 from .vocab import BOS, EOS, PairVocab
 
+
 # ---------------------------------------------------------------------------- metrics
 def score(hypotheses: list[str], references: list[str]) -> dict:
     """exact_match (% of sentences identical to the reference), corpus BLEU and chrF (sacrebleu)."""
@@ -58,16 +59,37 @@ class Translator:
     def model_device(self) -> str:
         return next(iter(self.model.parameters())).device
 
+    def length_problem(self, text: str) -> str | None:
+        """Why `text` is too long for the model, or None when it fits."""
+        n = len(self.vocab.encode_source(text))
+        max_len = self.model.config.max_len
+        if n > max_len:
+            return f"{text[:60]!r} has {n} tokens (with <eos>), more than the model's max_len={max_len}"
+        return None
+
     def translate(self, texts: list[str], beam: int = 1, warn=None) -> list[str]:
-        """Translate sentences. Source tokens missing from the vocabulary become <unk>, with a warning
-        (`warn(message)`, default warnings.warn)."""
+        """Translate sentences, one output per input. Source tokens missing from the vocabulary become
+        <unk>, and a sentence longer than the model's max_len gives '' (not translated); both with a
+        warning (`warn(message)`, default warnings.warn)."""
+        if beam < 1:
+            raise ValueError(f"translate: beam must be at least 1, got {beam}")
+        warn = warn or (lambda m: warnings.warn(m, stacklevel=3))
+        fitting = []
+        for i, text in enumerate(texts):
+            problem = self.length_problem(text)
+            if problem:
+                warn(f"sentence {i + 1} not translated: {problem}")
+            else:
+                fitting.append(i)
         unknown: list[str] = []
-        src_ids = [self.vocab.encode_source(t, unknown) for t in texts]
+        src_ids = [self.vocab.encode_source(texts[i], unknown) for i in fitting]
         if unknown:
-            message = (f"{len(unknown)} source token(s) not in the vocabulary, translated as <unk>: "
-                       + ", ".join(repr(t) for t in dict.fromkeys(unknown)))
-            (warn or (lambda m: warnings.warn(m, stacklevel=2)))(message)
-        return [self.vocab.decode_target(ids) for ids in self.decode_ids(src_ids, beam)]
+            warn(f"{len(unknown)} source token(s) not in the vocabulary, translated as <unk>: "
+                 + ", ".join(repr(t) for t in dict.fromkeys(unknown)))
+        out = [""] * len(texts)
+        for i, ids in zip(fitting, self.decode_ids(src_ids, beam) if src_ids else []):
+            out[i] = self.vocab.decode_target(ids)
+        return out
 
     def evaluate(self, pairs, beam: int = 1, warn=None) -> dict:
         """exact_match, bleu and chrf of translating the sources against the (normalised) targets."""
