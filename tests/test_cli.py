@@ -106,7 +106,7 @@ def test_python_dash_m_runs_the_same_command():
         assert command in result.stdout
 
 
-@pytest.mark.parametrize("option", [["--eval-every", "0"], ["--minutes", "-1"], ["--steps", "-5"], ["--steps", "0"],
+@pytest.mark.parametrize("option", [["--eval-every", "0"], ["--minutes", "-1"], ["--steps", "-5"],
                                     ["--batch-size", "0"], ["--batch-tokens", "-2"], ["--minutes", "nan"]])
 def test_bad_numbers_are_refused_at_argument_parsing(files, tmp_path, capsys, option):
     with pytest.raises(SystemExit) as info:

@@ -14,6 +14,7 @@ import tinygrad_tx as tx
 from tinygrad_tx import distributed as dist
 from tinygrad_tx import nn
 from tinygrad_tx.app import tasks
+from tinygrad_tx.app.checkpoint import load_checkpoint
 from tinygrad_tx.app.cli import main
 
 HERE = Path(__file__).resolve().parent
@@ -109,7 +110,7 @@ def train_args(files, out, steps, *extra):
 
 
 def weights(run_dir):
-    return tx.load(os.path.join(run_dir, "model.npz"))
+    return load_checkpoint(str(run_dir)).model
 
 
 @needs_mpi
@@ -151,9 +152,10 @@ def test_two_ranks_train_the_same_weights_as_one_process(files, capsys):
 
 
 def read_run(run_dir):
-    trainer = json.loads((Path(run_dir) / "trainer.json").read_text())
+    ckpt = load_checkpoint(str(run_dir))
+    trainer = dict(ckpt.trainer)
     trainer.pop("seconds")
-    return weights(run_dir), tx.load(os.path.join(run_dir, "optimizer.npz")), trainer
+    return ckpt.model, ckpt.optimizer, trainer
 
 
 @needs_mpi

@@ -242,6 +242,17 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+def _at_least_zero(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def _positive(text: str) -> float:
     """argparse type: a number > 0."""
     try:
@@ -267,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="the run directory (checkpoint, vocab, metrics)")
     budget = t.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=_positive, help=f"train this many minutes (default {DEFAULT_MINUTES})")
-    budget.add_argument("--steps", type=_at_least_one, help="train until this many steps in total")
+    budget.add_argument("--steps", type=_at_least_zero, help="train until this many steps in total "
+                                                             "(0: save the untrained model)")
     t.add_argument("--config", choices=["small", "base", "paper"], help="model size (default small)")
     t.add_argument("--device", choices=["cpu", "cuda"], help="default cpu (or $TX_DEVICE)")
     t.add_argument("--seed", type=int, help="seed for data, initialisation and batch order (default 0)")

@@ -299,8 +299,8 @@ class Trainer:
         and checkpoints. Returns the last metrics record."""
         if steps is None and minutes is None:
             raise ValueError("run: give steps or minutes")
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-            raise ValueError(f"run: steps must be a whole number >= 1, got {steps!r}")
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
+            raise ValueError(f"run: steps must be a whole number >= 0, got {steps!r}")
         if minutes is not None and not minutes > 0:
             raise ValueError(f"run: minutes must be > 0, got {minutes!r}")
         deadline = None if minutes is None else time.monotonic() + 60.0 * minutes
