@@ -124,7 +124,7 @@ print(inspect.getsource(primitives.Exp))
 # Take `y = 3x` and `z = y·y + y`. The intermediate y is used three times (twice by the product,
 # once by the sum), so dz/dy = 2y + 1 and dz/dx = 3(2y + 1) = 3(6x + 1). (A leaf like x would not
 # show the problem: a leaf's `.grad` just accumulates every contribution, in any order. An
-# intermediate node passes its gradient on *once*.) Here is the walk written out in ten lines, run
+# intermediate node passes its gradient on *once*.) Here is the walk written out in a dozen lines, run
 # once in the engine's order and once in a deliberately wrong one, which visits y before the product
 # that also uses it:
 
@@ -262,7 +262,7 @@ except RuntimeError as e:
 # gains a factor ten). That holds until rounding takes over: f(x ± h) are each known only to about
 # ε·|f| (ε is the machine epsilon), so the quotient carries an error of about ε|f|/h, which *grows* as
 # h shrinks. The best h balances the two, near ε^(1/3): about 5e-3 in float32 (ε ≈ 1.2e-7), where
-# the error is still about 1e-5, and about 6e-6 in float64 (ε ≈ 2.2e-16), where it is about 1e-11.
+# the error is still about 1e-5, and about 6e-6 in float64 (ε ≈ 2.2e-16), where it is 1e-11 or less.
 # So float32 cannot tell a right gradient from one that is off by 1e-4, and gradient checks run in
 # float64. Measured on f = tanh at x = 0.5:
 
@@ -333,9 +333,11 @@ assert abs(analytic - (plus - minus) / (2 * h)) < 1e-7
 # outputs (a trajectory as a function of one parameter) is cheaper forward.
 #
 # Forward mode is the easier one to write: carry each value together with its tangent (a *dual
-# number*) and apply each primitive's derivative as you go. The engine has no forward mode of its own
-# (section 7 gets the same products from two reverse passes), so here it is, written out for the
-# three operations of an example, beside the engine's reverse mode:
+# number*) and apply each primitive's derivative as you go: one forward pass of twice the work, and
+# nothing kept. The engine's [`tx.jvp`](../tinygrad_tx/transforms.py) gets the same products another
+# way, from two reverse passes (section 7), so that no primitive needs a second, tangent rule. Here
+# forward mode is written out the direct way, for the three operations of an example, beside the
+# engine's reverse mode:
 
 # %%
 class Dual:
@@ -446,6 +448,26 @@ v_dummy = tx.Tensor(np.zeros(m), requires_grad=True)         # any value: v^T J 
 print(f"J u by the double-VJP trick vs the dual numbers of section 6: max difference "
       f"{np.abs(jvp.numpy() - J_forward @ u).max():.1e}")
 assert np.allclose(jvp.numpy(), J_forward @ u, atol=1e-12)
+
+# %% [markdown]
+# The engine packages both as function transforms with torch.func's signatures,
+# [`tx.jvp`, `tx.vjp` and `tx.hvp`](../tinygrad_tx/transforms.py) (`tx.jvp` is the double-VJP trick
+# above); they never touch the caller's graph or `.grad`:
+
+# %%
+def g_tensor(xt):
+    wx = tx.Tensor(W) @ xt
+    return wx.tanh() * wx
+
+
+_, ju = tx.jvp(g_tensor, (tx.Tensor(x0),), (tx.Tensor(u),))
+_, hv2 = tx.hvp(f_scalar, tx.Tensor(x0), tx.Tensor(vec))
+_, vjp_fn = tx.vjp(g_tensor, tx.Tensor(x0))
+(vj,) = vjp_fn(tx.Tensor(np.eye(m)[0]))                     # row 0 of the Jacobian
+print(f"tx.jvp vs dual numbers {np.abs(ju.numpy() - J_forward @ u).max():.1e}; tx.hvp vs above "
+      f"{np.abs(hv2.numpy() - hv.numpy()).max():.1e}; tx.vjp row 0 vs reverse {np.abs(vj.numpy() - J_reverse[0]).max():.1e}")
+assert np.allclose(ju.numpy(), J_forward @ u, atol=1e-12) and np.allclose(hv2.numpy(), hv.numpy(), atol=1e-12)
+assert np.allclose(vj.numpy(), J_reverse[0], atol=1e-12)
 
 # %% [markdown]
 # ## Where to go next

@@ -384,7 +384,7 @@ Markdown("\n".join(rows))
 # %% [markdown]
 # Training compares p with a target distribution q. With *label smoothing* ε (the paper uses
 # ε = 0.1; [functional.py: `cross_entropy`](../tinygrad_tx/functional.py) follows torch), q is not
-# one-hot: the correct token gets 1 - ε + ε/V and every other token ε/V, with V the vocabulary size.
+# one-hot: the correct token gets 1 - ε + ε/C and every other token ε/C, with C the vocabulary size.
 # The loss at one position is the cross-entropy `L = -Σ_j q_j log p_j`. Its gradient with respect to
 # the logits z is the whole reason training works, and it takes two lines. With
 # `log p_j = z_j - log Σ_k e^{z_k}`:
@@ -397,10 +397,10 @@ Markdown("\n".join(rows))
 # (`CrossEntropy` in [primitives.py](../tinygrad_tx/primitives.py)); the cell checks it against p - q.
 
 # %%
-eps, V, T_out = 0.1, len(vocab.tgt), len(ex.tgt_out_tokens)
-q = np.full((T_out, V), eps / V)
+eps, C, T_out = 0.1, len(vocab.tgt), len(ex.tgt_out_tokens)
+q = np.full((T_out, C), eps / C)
 q[np.arange(T_out), tgt_ids[1:]] += 1 - eps                        # the label-smoothed target
-z = tx.Tensor(logits.numpy()[0], requires_grad=True)               # (T, V): the logits as a leaf
+z = tx.Tensor(logits.numpy()[0], requires_grad=True)               # (T, C): the logits as a leaf
 loss = F.cross_entropy(z, tgt_out[0], label_smoothing=eps)
 loss.backward()
 by_hand = (p - q) / T_out
@@ -419,7 +419,7 @@ ax.set_xticks(pos)
 ax.set_xticklabels(labels, rotation=30, ha="right")
 ax.set_ylabel("probability")
 ax.set_title(f"position 0 (reads `<bos>`, should predict `{ex.tgt_out_tokens[0]}`): p - q is the gradient; "
-             f"the other {V - len(shown)} tokens get q = ε/V = {eps / V:.4f}", fontsize=9)
+             f"the other {C - len(shown)} tokens get q = ε/C = {eps / C:.4f}", fontsize=9)
 ax.legend(fontsize=8)
 picture(fig, "guide/loss_target.png", "Predicted distribution p and label-smoothed target q at the first position")
 
@@ -427,7 +427,7 @@ picture(fig, "guide/loss_target.png", "Predicted distribution p and label-smooth
 # **Following that gradient into an attention head.** Between the logits and an attention head lie
 # the rest of the decoder, but the step that matters inside the head is the softmax. To see it
 # without twenty ops in between, put a readout on head 0 of section 3: its output O (T × d_k) goes
-# through a fixed random matrix R to V logits per position, and the same label-smoothed loss. Then
+# through a fixed random matrix R to C logits per position, and the same label-smoothed loss. Then
 # the gradient comes back as
 #
 #     dL/dlogits = (p - q) / T          (above)
@@ -447,13 +447,13 @@ Wq, Wk, Wv = (tx.Tensor(proj.weight.numpy()[head].T.copy()) for proj in
               (attention.q_proj, attention.k_proj, attention.v_proj))          # (d_model, d_k) each
 bq, bk, bv = (tx.Tensor(proj.bias.numpy()[head].copy()) for proj in
               (attention.q_proj, attention.k_proj, attention.v_proj))          # (d_k,) each
-R = tx.Tensor(rng.standard_normal((attention.d_k, V)).astype(np.float32))     # (d_k, V)
+R = tx.Tensor(rng.standard_normal((attention.d_k, C)).astype(np.float32))     # (d_k, C)
 xs = tx.Tensor(x.numpy(), requires_grad=True)                      # (T, d_model)
 Q, K, Vh = xs @ Wq + bq, xs @ Wk + bk, xs @ Wv + bv                # (T, d_k) each
 S = (Q @ K.transpose(0, 1)) * (1.0 / math.sqrt(attention.d_k))      # (T, T)
 A = S.softmax(axis=-1)                                             # (T, T)
 O = A @ Vh                                                         # (T, d_k)
-head_logits = O @ R                                                # (T, V)
+head_logits = O @ R                                                # (T, C)
 for t in (S, A, O, head_logits):
     t.retain_grad()
 targets = [tgt_ids[1:][i % T_out] for i in range(T)]               # any targets will do: one per row
@@ -463,7 +463,7 @@ with contextlib.redirect_stdout(explained):
     viz.explain(head_loss)
 # By hand, from the forward values only:
 ph = head_logits.softmax(axis=-1).numpy()
-qh = np.full_like(ph, eps / V)
+qh = np.full_like(ph, eps / C)
 qh[np.arange(T), targets] += 1 - eps
 d_logits = (ph - qh) / T
 d_O = d_logits @ R.numpy().T
@@ -567,8 +567,9 @@ print("beam search:", vocab.decode_target(best[0]), "| models.decoding.beam_sear
 assert library == best[0]
 
 # %% [markdown]
-# (Each line shows the K beams, best first, with log P of the prefix; extending a beam only by its
-# own top K tokens loses nothing, since no candidate outside them could enter the K best.)
+# (Each line shows the K beams, best first by the length-normalised score, each with log P of its
+# prefix; extending a beam only by its own top K tokens loses nothing, since no candidate outside
+# them could enter the K best.)
 #
 # **Padding.** Sentences of a batch have different lengths, so the shorter ones are padded with
 # `<pad>` (id 0) up to the longest. The padding mask (`padding_mask(src, pad_id)`, True = a real
@@ -612,9 +613,9 @@ picture(plot_panels([
 
 # %% [markdown]
 # With the mask, the short sentence gives the padding exactly zero weight, and its outputs are those
-# of the sentence alone (up to float32 rounding): batching changes nothing. Without it, every query
-# spends part of its weight on `<pad>`, and the outputs change with the length of the *other*
-# sentences in the batch.
+# of the sentence alone (up to float32 rounding): batching changes nothing. Without it, queries
+# spend part of their weight on `<pad>` (the cell prints how much, at most), and the outputs change
+# with the length of the *other* sentences in the batch.
 #
 # ## 9. Autodiff: how the model learns
 #
