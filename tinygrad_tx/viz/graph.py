@@ -30,16 +30,16 @@ INSTALL_HINT = ("Rendering needs Graphviz's `dot` program, which is not on PATH.
 
 # Fill colours, one per kind of vertex
 _STYLE = {
-    "op": dict(shape="ellipse", style="filled", fillcolor="#fff2b3"),
-    "tensor": dict(shape="box", style="rounded,filled", fillcolor="#ffffff"),
-    "parameter": dict(shape="box", style="rounded,filled", fillcolor="#cfe3ff"),
-    "input": dict(shape="box", style="rounded,filled", fillcolor="#e4e4e4"),
-    "constant": dict(shape="plaintext", style="", fontsize="10"),
-    "module": dict(shape="box3d", style="filled", fillcolor="#c9ecc2"),
-    "grad_op": dict(shape="box", style="rounded,filled", fillcolor="#ffd6d6"),
-    "sum": dict(shape="box", style="dashed,filled", fillcolor="#ffe9cc"),
-    "grad_leaf": dict(shape="box", style="rounded,filled", fillcolor="#cfe3ff"),
-    "seed": dict(shape="box", style="filled", fillcolor="#ffb380"),
+    "op": {"shape": "ellipse", "style": "filled", "fillcolor": "#fff2b3"},
+    "tensor": {"shape": "box", "style": "rounded,filled", "fillcolor": "#ffffff"},
+    "parameter": {"shape": "box", "style": "rounded,filled", "fillcolor": "#cfe3ff"},
+    "input": {"shape": "box", "style": "rounded,filled", "fillcolor": "#e4e4e4"},
+    "constant": {"shape": "plaintext", "style": "", "fontsize": "10"},
+    "module": {"shape": "box3d", "style": "filled", "fillcolor": "#c9ecc2"},
+    "grad_op": {"shape": "box", "style": "rounded,filled", "fillcolor": "#ffd6d6"},
+    "sum": {"shape": "box", "style": "dashed,filled", "fillcolor": "#ffe9cc"},
+    "grad_leaf": {"shape": "box", "style": "rounded,filled", "fillcolor": "#cfe3ff"},
+    "seed": {"shape": "box", "style": "filled", "fillcolor": "#ffb380"},
 }
 _CLUSTER_FILLS = ("#f4f7fb", "#e8eef7", "#dde6f3", "#d2ddee")
 
@@ -94,14 +94,14 @@ def digraph_class():
 
 # ============================================================================ pass 1: vertices and edges
 class _Vertex:
-    __slots__ = ("id", "kind", "scope", "obj", "root")
+    __slots__ = ("id", "kind", "obj", "root", "scope")
 
     def __init__(self, vid, kind, scope, obj=None):
         self.id, self.kind, self.scope, self.obj, self.root = vid, kind, scope, obj, False
 
 
 class _Edge:
-    __slots__ = ("src", "dst", "shape", "label")
+    __slots__ = ("dst", "label", "shape", "src")
 
     def __init__(self, src, dst, shape, label=""):
         self.src, self.dst, self.shape, self.label = src, dst, shape, label
@@ -276,11 +276,47 @@ class _Scopes:
 
 
 # ============================================================================ pass 2: depth collapsing
+def module_summaries(pic: _Picture, scopes: _Scopes) -> dict[str, dict]:
+    """What each module looks like folded into one box: {path: {path, inputs, outputs, ops, params}}.
+
+    inputs and outputs map the id of the vertex that carries a tensor across the module's border to its
+    shape; ops counts the op (or gradient step) vertices inside; params is (count, values).
+    """
+    chains = {vid: scopes.chain(v.scope) for vid, v in pic.vertices.items()}
+    info = {}
+    for chain in chains.values():
+        for s in chain:
+            if s not in info:
+                info[s] = {"path": s, "inputs": {}, "outputs": {}, "ops": 0, "params": [0, 0]}
+    for e in pic.edges:
+        src_chain, dst_chain = chains[e.src], chains[e.dst]
+        for s in dst_chain:
+            if s not in src_chain:
+                info[s]["inputs"][e.src] = e.shape
+        for s in src_chain:
+            if s not in dst_chain:
+                info[s]["outputs"][e.src] = e.shape
+    for vid, v in pic.vertices.items():
+        for s in chains[vid]:
+            box = info[s]
+            box["ops"] += v.kind in ("op", "grad_op")
+            if v.kind == "input":        # a mask or input that the module made for itself is still an input
+                box["inputs"][vid] = tuple(v.obj.shape)
+            if v.root and v.kind == "tensor":        # the drawing's root leaves through no edge: still an output
+                box["outputs"].setdefault(vid, tuple(v.obj.out_shape))
+            if isinstance(v.obj, Parameter):
+                box["params"][0] += 1
+                box["params"][1] += v.obj.size
+    for box in info.values():
+        box["params"] = tuple(box["params"])
+    return info
+
+
 def _collapse(pic: _Picture, scopes: _Scopes, depth: int) -> _Picture:
     """Fold every module deeper than `depth` into one box vertex listing its inputs and outputs."""
+    summaries = module_summaries(pic, scopes)
     box_of: dict[str, _Vertex] = {}               # vertex id -> the box that swallows it
     boxes: dict[str, _Vertex] = {}
-    members: dict[str, list[_Vertex]] = {}
     out = _Picture()
     for v in pic.vertices.values():
         folded = next((s for s in scopes.chain(v.scope) if scopes.level(s) > depth), None)
@@ -289,12 +325,9 @@ def _collapse(pic: _Picture, scopes: _Scopes, depth: int) -> _Picture:
             continue
         box = boxes.get(folded)
         if box is None:
-            box = boxes[folded] = _Vertex(f"box{len(boxes)}", "module", scopes.parent(folded),
-                                          {"path": folded, "inputs": {}, "outputs": {}})
+            box = boxes[folded] = _Vertex(f"box{len(boxes)}", "module", scopes.parent(folded), summaries[folded])
             out.vertices[box.id] = box
-            members[box.id] = []
         box_of[v.id] = box
-        members[box.id].append(v)
         box.root = box.root or v.root
     seen = set()
     for e in pic.edges:
@@ -303,28 +336,15 @@ def _collapse(pic: _Picture, scopes: _Scopes, depth: int) -> _Picture:
             continue                                # inside one box: hidden
         src = src_box.id if src_box else e.src
         dst = dst_box.id if dst_box else e.dst
-        if dst_box is not None:
-            dst_box.obj["inputs"][e.src] = e.shape
-        label = e.label
+        text = e.label
         if src_box is not None:
-            src_box.obj["outputs"][e.src] = e.shape
-            label = label or fmt_shape(e.shape)     # the tensor that carried it is hidden in the box
+            text = text or fmt_shape(e.shape)       # the tensor that carried it is hidden in the box
         if src_box or dst_box:
-            key = (src, dst, e.src if src_box else None, label)
+            key = (src, dst, e.src if src_box else None, text)
             if key in seen:
                 continue
             seen.add(key)
-        out.edges.append(_Edge(src, dst, e.shape, label))
-    for box in boxes.values():
-        inner = members[box.id]
-        box.obj["ops"] = sum(v.kind in ("op", "grad_op") for v in inner)
-        for v in inner:             # a mask or input that the module made for itself is still an input
-            if v.kind == "input":
-                box.obj["inputs"][v.id] = tuple(v.obj.shape)
-            if v.root and v.kind == "tensor":        # the drawing's root leaves through no edge: still an output
-                box.obj["outputs"].setdefault(v.id, tuple(v.obj.out_shape))
-        params = [v.obj for v in inner if isinstance(v.obj, Parameter)]
-        box.obj["params"] = (len(params), sum(p.size for p in params))
+        out.edges.append(_Edge(src, dst, e.shape, text))
     return out
 
 
@@ -357,7 +377,17 @@ def _op_detail(node) -> str:
     return ""
 
 
-def _label(v: _Vertex, names: dict, scopes: _Scopes, show_values: bool) -> str:
+def module_label(info: dict, scopes: _Scopes) -> str:
+    """The label of a folded module: its path and class, input and output shapes, ops and parameters."""
+    n_params, n_values = info["params"]
+    return "\n".join([
+        scopes.label(info["path"]),
+        "in:  " + ", ".join(fmt_shape(s) for s in info["inputs"].values()) if info["inputs"] else "in:  -",
+        "out: " + ", ".join(fmt_shape(s) for s in info["outputs"].values()) if info["outputs"] else "out: -",
+        f"{info['ops']} ops" + (f", {n_params} parameters ({n_values:,} values)" if n_params else "")])
+
+
+def label(v: _Vertex, names: dict, scopes: _Scopes, show_values: bool) -> str:
     obj = v.obj
     if v.kind == "op":
         detail = _op_detail(obj)
@@ -372,13 +402,7 @@ def _label(v: _Vertex, names: dict, scopes: _Scopes, show_values: bool) -> str:
     if v.kind == "constant":
         return f"{obj.item():.4g}" if obj.dtype != backend.bool_ else str(obj.item())
     if v.kind == "module":
-        info = obj
-        n_params, n_values = info["params"]
-        lines = [scopes.label(info["path"]),
-                 "in:  " + ", ".join(fmt_shape(s) for s in info["inputs"].values()) if info["inputs"] else "in:  -",
-                 "out: " + ", ".join(fmt_shape(s) for s in info["outputs"].values()) if info["outputs"] else "out: -",
-                 f"{info['ops']} ops" + (f", {n_params} parameters ({n_values:,} values)" if n_params else "")]
-        return "\n".join(lines)
+        return module_label(obj, scopes)
     if v.kind == "grad_op":
         return f"{obj.op_name} backward\n" + "\n".join(textwrap.wrap(rule(obj), 44))
     if v.kind == "sum":
@@ -398,7 +422,7 @@ def _label(v: _Vertex, names: dict, scopes: _Scopes, show_values: bool) -> str:
     raise AssertionError(f"unknown vertex kind {v.kind}")
 
 
-def _dot_label(text: str) -> str:
+def dot_label(text: str) -> str:
     """A node label for Graphviz. Plain labels put lines so close that an underscore (W_Q) strikes
     through the line below it; such labels become an HTML table with a little padding per line."""
     lines = text.split("\n")
@@ -408,30 +432,42 @@ def _dot_label(text: str) -> str:
     return f'<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1">{rows}</TABLE>>'
 
 
+GRAPH_ATTRS = {"fontname": "Helvetica", "fontsize": "11", "nodesep": "0.25", "ranksep": "0.35", "newrank": "true"}
+NODE_ATTRS = {"fontname": "Helvetica", "fontsize": "11", "height": "0.3", "margin": "0.08,0.04"}
+EDGE_ATTRS = {"fontname": "Helvetica", "fontsize": "9", "arrowsize": "0.6", "color": "#555555"}
+
+
+def cluster_attrs(scopes: _Scopes, s: str) -> dict:
+    """Graphviz attributes of the cluster drawn for module path s (its fill darkens with nesting)."""
+    level = len(scopes.chain(s)) - 1
+    return {"label": scopes.label(s), "style": "rounded,filled", "color": "#7a8ca8",
+                "fillcolor": _CLUSTER_FILLS[level % len(_CLUSTER_FILLS)], "fontsize": "11", "labeljust": "l"}
+
+
+def vertex_attrs(v: _Vertex) -> dict:
+    """Graphviz attributes of a vertex (without its label): its kind's style, a red frame for a root."""
+    attrs = dict(_STYLE[v.kind])
+    if v.root:
+        attrs.update(penwidth="2.5", color="#c0392b")
+    if v.kind == "grad_op":
+        attrs["tooltip"] = rule(v.obj)
+    return attrs
+
+
 def _emit(pic: _Picture, scopes: _Scopes, names: dict, show_values: bool, rankdir: str, note: str):
     Drawing = digraph_class()
-    g = Drawing("tinygrad_tx", graph_attr=dict(rankdir=rankdir, fontname="Helvetica", fontsize="11",
-                                               nodesep="0.25", ranksep="0.35", newrank="true"),
-                node_attr=dict(fontname="Helvetica", fontsize="11", height="0.3", margin="0.08,0.04"),
-                edge_attr=dict(fontname="Helvetica", fontsize="9", arrowsize="0.6", color="#555555"))
+    g = Drawing("tinygrad_tx", graph_attr=dict(rankdir=rankdir, **GRAPH_ATTRS), node_attr=NODE_ATTRS,
+                edge_attr=EDGE_ATTRS)
     if note:
         g.attr(label=note, labelloc="b", fontsize="10")
     clusters = {}
     for v in pic.vertices.values():
         for s in scopes.chain(v.scope):
             if s not in clusters:
-                level = len(scopes.chain(s)) - 1
-                clusters[s] = Drawing(name=f"cluster_{s}", graph_attr=dict(
-                    label=scopes.label(s), style="rounded,filled", color="#7a8ca8",
-                    fillcolor=_CLUSTER_FILLS[level % len(_CLUSTER_FILLS)], fontsize="11", labeljust="l"))
+                clusters[s] = Drawing(name=f"cluster_{s}", graph_attr=cluster_attrs(scopes, s))
     for v in pic.vertices.values():
-        attrs = dict(_STYLE[v.kind])
-        if v.root:
-            attrs.update(penwidth="2.5", color="#c0392b")
-        if v.kind == "grad_op":
-            attrs["tooltip"] = rule(v.obj)
         target = clusters[v.scope] if v.scope else g
-        target.node(v.id, _dot_label(_label(v, names, scopes, show_values)), **attrs)
+        target.node(v.id, dot_label(label(v, names, scopes, show_values)), **vertex_attrs(v))
     for s in sorted(clusters, key=lambda s: -len(scopes.chain(s))):      # innermost first
         parent = scopes.parent(s)
         (clusters[parent] if parent else g).subgraph(clusters[s])
@@ -477,8 +513,29 @@ def draw_graph(root, *, backward: bool = False, depth: int | None = None, show_v
         raise ValueError(f"draw_graph: rankdir must be 'TB', 'LR', 'BT' or 'RL', not {rankdir!r}")
     if depth is not None and depth < 0:
         raise ValueError(f"draw_graph: depth must be >= 0 or None, not {depth}")
-    roots = record.roots_of(root)
     digraph_class()                                   # fail early, with the install hint, without graphviz
+    ex = extract(root, backward=backward, module=module)
+    pic = ex.picture if depth is None else _collapse(ex.picture, ex.scopes, depth)
+    if max_nodes is not None and len(pic.vertices) > max_nodes:
+        raise _too_many(pic, max_nodes, ex.deepest, depth)
+    return _emit(pic, ex.scopes, ex.names, show_values, rankdir, ex.note)
+
+
+class Extraction:
+    """One view of a computation, before any folding: the picture, its module tree, parameter names,
+    a note for the reader, and how deep the modules nest."""
+
+    def __init__(self, picture: _Picture, scopes: _Scopes, names: dict, note: str):
+        self.picture, self.scopes, self.names, self.note = picture, scopes, names, note
+        self.deepest = max((scopes.level(v.scope) for v in picture.vertices.values() if v.scope), default=0)
+
+
+def extract(root, *, backward: bool = False, module: Module | None = None) -> Extraction:
+    """Pass 1 for `root`: the forward (or backward) vertices and edges, and the module tree they sit in.
+
+    Shared by `draw_graph` (which folds and emits it) and `explore` (which sends it to the browser).
+    """
+    roots = record.roots_of(root)
     note = ""
     if backward:
         pic, any_recorded = _backward_picture(roots)
@@ -488,10 +545,5 @@ def draw_graph(root, *, backward: bool = False, depth: int | None = None, show_v
     else:
         pic = _forward_picture(roots)
     scopes = _Scopes((v.scope for v in pic.vertices.values()), module)
-    deepest = max((scopes.level(v.scope) for v in pic.vertices.values() if v.scope), default=0)
-    if depth is not None:
-        pic = _collapse(pic, scopes, depth)
-    if max_nodes is not None and len(pic.vertices) > max_nodes:
-        raise _too_many(pic, max_nodes, deepest, depth)
     names = {id(p): name for name, p in module.named_parameters()} if module is not None else {}
-    return _emit(pic, scopes, names, show_values, rankdir, note)
+    return Extraction(pic, scopes, names, note)
