@@ -7,7 +7,9 @@
     tinygrad-tx translate --checkpoint RUN_DIR [--beam N] "text" ...      # or lines on stdin
     tinygrad-tx evaluate  --checkpoint RUN_DIR (--task NAME | --data test.tsv) [--beam N] [--json]
     tinygrad-tx draw [--what] WHAT --out FILE [--depth K] [--backward]
+    tinygrad-tx draw [--what] WHAT --html FILE [--depth K]                # an interactive page
     tinygrad-tx draw --checkpoint RUN_DIR --sentence "text" --attention --out DIR
+    tinygrad-tx draw --checkpoint RUN_DIR --sentence "text" --html FILE
     tinygrad-tx demo [--out RUN_DIR] [--minutes M]
     tinygrad-tx guide [--checkpoint RUN_DIR] [--quick] [--out DIR] [--check]
     tinygrad-tx bench [...]
@@ -19,7 +21,9 @@ import json
 import os
 import sys
 
+import tinygrad_tx as tx
 from tinygrad_tx import distributed as dist
+from tinygrad_tx import functional as F
 from tinygrad_tx import viz
 
 from . import drawings, tasks
@@ -140,11 +144,20 @@ def _print_metrics(metrics: dict, as_json: bool, header: str = "") -> None:
 
 # ---------------------------------------------------------------------------- draw
 def cmd_draw(args) -> int:
+    if args.out is None and args.html is None:
+        raise CommandError("draw: give --out FILE (a picture, or a directory with --attention) or --html FILE")
     if args.attention or args.checkpoint or args.sentence:
-        if not (args.attention and args.checkpoint and args.sentence):
-            raise CommandError("attention pictures need --checkpoint RUN_DIR --sentence TEXT --attention --out DIR")
-        for path in draw_attention(args.checkpoint, args.sentence, args.out, device=args.device):
-            print(path)
+        if not (args.checkpoint and args.sentence and (args.attention or args.html)):
+            raise CommandError("a trained run is drawn with --checkpoint RUN_DIR --sentence TEXT and "
+                               "--attention --out DIR (heatmaps) or --html FILE (the interactive page)")
+        if args.attention:
+            if args.out is None:
+                raise CommandError("--attention needs --out DIR")
+            for path in draw_attention(args.checkpoint, args.sentence, args.out, device=args.device):
+                print(path)
+        if args.html:
+            print(explore_translation(args.checkpoint, args.sentence, args.html, device=args.device,
+                                      depth=args.depth))
         return 0
     if args.what_option is not None:
         if args.what is not None and args.what != args.what_option:
@@ -152,8 +165,45 @@ def cmd_draw(args) -> int:
         args.what = args.what_option
     if args.what is None:
         raise CommandError(f"draw: name what to draw ({', '.join(drawings.EXAMPLES)}), or use --attention")
-    print(drawings.draw_command(what=args.what, out=args.out, depth=args.depth, backward=args.backward))
+    if args.out is not None:
+        print(drawings.draw_command(what=args.what, out=args.out, depth=args.depth, backward=args.backward))
+    if args.html is not None:
+        print(drawings.explore_command(what=args.what, out=args.html, depth=args.depth))
     return 0
+
+
+def explore_translation(run_dir: str, sentence: str, path: str, device: str | None = None,
+                        depth: int | None = None) -> str:
+    """Write the interactive page of a trained run reading `sentence`: the model's forward pass on the
+    sentence and its own translation (teacher forcing, eval mode), the backward pass of that loss with
+    its gradient norms, and every layer's attention heads. Returns the path written."""
+    _cfg, vocab, model = load_model(run_dir, device)
+    t = translate_and_attend(model, vocab, sentence)
+    model.eval()
+    src = tx.Tensor([t.src_ids], dtype=tx.int64, device=model.src_embed.weight.device)                # (1, S)
+    tgt_in = tx.Tensor([vocab.tgt.encode(t.tgt_in_tokens)], dtype=tx.int64, device=src.device)       # (1, T)
+    tgt_out = tx.Tensor([vocab.tgt.encode(t.tgt_out_tokens)], dtype=tx.int64, device=src.device)     # (1, T)
+    src.name, tgt_in.name, tgt_out.name = "src tokens", "tgt tokens (shifted right)", "tgt tokens (next)"
+    logits = model(src, tgt_in)                                                   # (1, T, tgt_vocab)
+    logits.name = "logits"
+    loss = F.cross_entropy(logits, tgt_out)
+    loss.name = "loss"
+    model.zero_grad()
+    with viz.record_gradients():
+        loss.backward()
+    attention = []
+    for i, layer in enumerate(model.encoder.layers):
+        attention.append({"name": f"encoder {i} self-attention", "weights": layer.self_attn.attn[0],
+                          "queries": t.src_tokens, "keys": t.src_tokens})
+    for i, layer in enumerate(model.decoder.layers):
+        attention.append({"name": f"decoder {i} self-attention", "weights": layer.self_attn.attn[0],
+                          "queries": t.tgt_out_tokens, "keys": t.tgt_in_tokens})
+        attention.append({"name": f"decoder {i} cross-attention", "weights": layer.cross_attn.attn[0],
+                          "queries": t.tgt_out_tokens, "keys": t.src_tokens})
+    title = f"tinygrad_tx: {os.path.basename(os.path.normpath(run_dir))} reading {sentence!r}"
+    caption = f"{sentence!r} -> {t.translation!r}; rows: the token predicted, columns: the tokens attended to"
+    return viz.explore(loss, module=model, path=path, title=title, attention=attention,
+                       attention_caption=caption, depth=depth)
 
 
 def draw_attention(run_dir: str, sentence: str, out_dir: str, device: str | None = None) -> list[str]:
@@ -207,6 +257,8 @@ def cmd_demo(args) -> int:
             print("  " + path)
     except ImportError as e:
         _warn(f"skipped the attention heatmaps: {e}")
+    print("  " + explore_translation(out, DEMO_SENTENCES[1], os.path.join(pictures, "transformer.html"),
+                                     device=args.device) + "  (open it in a browser)")
     return 0
 
 
@@ -312,11 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("draw", help="draw computation graphs, or attention heatmaps of a trained run")
     d.add_argument("what", nargs="?", help="mlp, attention, encoder-layer, decoder-layer or transformer")
     d.add_argument("--what", dest="what_option", metavar="WHAT", help="the same, as an option")
-    d.add_argument("--out", required=True, help="output file (graph) or directory (--attention)")
-    d.add_argument("--depth", type=int, help="collapse modules deeper than this")
+    d.add_argument("--out", help="output file (graph) or directory (--attention)")
+    d.add_argument("--html", metavar="FILE", help="write an interactive page (open it in a browser)")
+    d.add_argument("--depth", type=int, help="collapse modules deeper than this (--html: the depth it opens at)")
     d.add_argument("--backward", action="store_true", help="draw the backward pass")
-    d.add_argument("--checkpoint", metavar="RUN_DIR", help="with --attention: the trained run")
-    d.add_argument("--sentence", help="with --attention: the source sentence")
+    d.add_argument("--checkpoint", metavar="RUN_DIR", help="with --attention or --html: the trained run")
+    d.add_argument("--sentence", help="with --attention or --html: the source sentence")
     d.add_argument("--attention", action="store_true", help="per-layer attention heatmaps of a translation")
     d.add_argument("--device", choices=["cpu", "cuda"])
 

@@ -11,6 +11,7 @@ from tinygrad_tx import functional as F
 from tinygrad_tx.nn import Parameter
 from tinygrad_tx.serialization import atomic_write
 from tinygrad_tx.tensor import Tensor
+from tinygrad_tx.viz.explore import explore
 from tinygrad_tx.viz.graph import GraphvizNotInstalled, draw_graph
 from tinygrad_tx.viz.record import record_gradients
 
@@ -139,6 +140,16 @@ def draw_command(what: str, out, depth: int | None = None, backward: bool = Fals
     else:
         graph = draw_graph(example.output, depth=depth, module=example.module)
     return save_drawing(graph, out)
+
+
+def explore_command(what: str, out, depth: int | None = None) -> str:
+    """`tinygrad-tx draw WHAT --html FILE`: the example as an interactive page, forward and backward
+    (with gradient norms) from its loss. Returns the path written."""
+    example = build_example(what)
+    with record_gradients():
+        example.loss.backward()
+    return explore(example.loss, module=example.module, path=out, depth=depth,
+                   title=f"tinygrad_tx: {what} (forward, and backward from its loss)")
 
 
 def _model_example(what: str, rng) -> Example:

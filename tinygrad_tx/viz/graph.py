@@ -312,6 +312,11 @@ def module_summaries(pic: _Picture, scopes: _Scopes) -> dict[str, dict]:
     return info
 
 
+def module_box(vid: str, info: dict, scopes: _Scopes) -> _Vertex:
+    """The vertex that stands for a folded module (info: its entry in module_summaries)."""
+    return _Vertex(vid, "module", scopes.parent(info["path"]), info)
+
+
 def _collapse(pic: _Picture, scopes: _Scopes, depth: int) -> _Picture:
     """Fold every module deeper than `depth` into one box vertex listing its inputs and outputs."""
     summaries = module_summaries(pic, scopes)
@@ -325,7 +330,7 @@ def _collapse(pic: _Picture, scopes: _Scopes, depth: int) -> _Picture:
             continue
         box = boxes.get(folded)
         if box is None:
-            box = boxes[folded] = _Vertex(f"box{len(boxes)}", "module", scopes.parent(folded), summaries[folded])
+            box = boxes[folded] = module_box(f"box{len(boxes)}", summaries[folded], scopes)
             out.vertices[box.id] = box
         box_of[v.id] = box
         box.root = box.root or v.root
