@@ -178,6 +178,12 @@ def explore_translation(run_dir: str, sentence: str, path: str, device: str | No
     sentence and its own translation (teacher forcing, eval mode), the backward pass of that loss with
     its gradient norms, and every layer's attention heads. Returns the path written."""
     _cfg, vocab, model = load_model(run_dir, device)
+    title = f"tinygrad_tx: {os.path.basename(os.path.normpath(run_dir))} reading {sentence!r}"
+    return explore_sentence(model, vocab, sentence, path, title=title, depth=depth)
+
+
+def explore_sentence(model, vocab, sentence: str, path: str, title: str = "", depth: int | None = None) -> str:
+    """explore_translation for a model in memory (trained or not) and its vocabulary."""
     t = translate_and_attend(model, vocab, sentence)
     model.eval()
     src = tx.Tensor([t.src_ids], dtype=tx.int64, device=model.src_embed.weight.device)                # (1, S)
@@ -200,9 +206,9 @@ def explore_translation(run_dir: str, sentence: str, path: str, device: str | No
                           "queries": t.tgt_out_tokens, "keys": t.tgt_in_tokens})
         attention.append({"name": f"decoder {i} cross-attention", "weights": layer.cross_attn.attn[0],
                           "queries": t.tgt_out_tokens, "keys": t.src_tokens})
-    title = f"tinygrad_tx: {os.path.basename(os.path.normpath(run_dir))} reading {sentence!r}"
     caption = f"{sentence!r} -> {t.translation!r}; rows: the token predicted, columns: the tokens attended to"
-    return viz.explore(loss, module=model, path=path, title=title, attention=attention,
+    return viz.explore(loss, module=model, path=path, title=title or f"tinygrad_tx reading {sentence!r}",
+                       attention=attention,
                        attention_caption=caption, depth=depth)
 
 
