@@ -104,6 +104,12 @@ def _details(v, ex: graph.Extraction) -> dict:
     return out
 
 
+def _html_label(text: str) -> str | None:
+    """The Graphviz HTML label that draw_graph would use for this text (graph.dot_label), or None."""
+    dot = graph.dot_label(text)
+    return None if dot == text else dot
+
+
 def _view(ex: graph.Extraction) -> dict:
     """One view (forward or backward) as JSON: vertices with labels, styles and details; edges; modules."""
     pic, scopes = ex.picture, ex.scopes
@@ -115,8 +121,9 @@ def _view(ex: graph.Extraction) -> dict:
         elif v.kind == "tensor":
             t = _tensor_of(v)
             name = t.name if t is not None and t.name else ""
+        text = graph.label(v, ex.names, scopes, show_values=True)
         vertices.append({"id": v.id, "kind": v.kind, "scope": v.scope, "name": name, "root": v.root,
-                         "label": graph.label(v, ex.names, scopes, show_values=True),
+                         "label": text, "html_label": _html_label(text),
                          "attrs": graph.vertex_attrs(v), **_details(v, ex)})
     edges = [[e.src, e.dst, e.label, fmt_shape(e.shape)] for e in pic.edges]
     modules = {}
@@ -125,6 +132,7 @@ def _view(ex: graph.Extraction) -> dict:
         modules[path] = {"parent": scopes.parent(path), "level": scopes.level(path),
                          "cluster": graph.cluster_attrs(scopes, path),
                          "label": graph.module_label(info, scopes),
+                         "html_label": _html_label(graph.module_label(info, scopes)),
                          "attrs": graph.vertex_attrs(box), **_details(box, ex)}
     return {"note": ex.note, "vertices": vertices, "edges": edges, "modules": modules, "deepest": ex.deepest}
 
@@ -173,9 +181,10 @@ def explore(root, *, module=None, path="graph.html", title: str = "", attention=
     histogram, and its local derivative rule; search a name such as `decoder.layers.1.cross_attn`.
 
     Args:
-        root: a Tensor (or list of Tensors). For the backward view with gradient norms, call
-            `root.backward()` inside `with tx.viz.record_gradients():` first (and keep the graph,
-            `retain_graph=True`, or draw before backward frees it: the drawing reads the graph record only).
+        root: a Tensor (or list of Tensors). For gradient norms in the backward view and gradient
+            histograms of the parameters, run `root.backward()` inside `with tx.viz.record_gradients():`
+            first (the page reads the graph record, which backward leaves in place). Values are shown for
+            the tensors still alive: leaves, parameters, and intermediates you keep a reference to.
         module: the Module that computed root: names parameters and clusters, as in draw_graph.
         path: where to write the page (written atomically).
         title: the page's heading.

@@ -90,9 +90,12 @@
     return '"' + String(s).replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n") + '"';
   }
 
-  function attrList(attrs) {
-    return Object.entries(attrs).map(([k, v]) => k + "=" + quote(v)).join(", ");
+  function attrList(attrs) {     // {html: "<...>"} is a Graphviz HTML label (graph.dot_label), left unquoted
+    const value = (v) => (typeof v === "object" ? v.html : quote(v));
+    return Object.entries(attrs).map(([k, v]) => k + "=" + value(v)).join(", ");
   }
+
+  function labelOf(item) { return item.html_label ? { html: item.html_label } : item.label; }
 
   function toDot(view, g) {
     const members = new Map();   // cluster path ("" for the top) -> lines of its nodes
@@ -109,11 +112,11 @@
       members.get(parent).push(line);
     };
     for (const v of g.nodes) {
-      place(v.scope, quote(v.id) + " [" + attrList({ ...v.attrs, label: v.label, id: "n:" + v.id }) + "]");
+      place(v.scope, quote(v.id) + " [" + attrList({ ...v.attrs, label: labelOf(v), id: "n:" + v.id }) + "]");
     }
     for (const b of g.boxes) {
       const m = view.modules[b.path];
-      const attrs = { ...m.attrs, label: m.label, id: "n:box:" + b.path };
+      const attrs = { ...m.attrs, label: labelOf(m), id: "n:box:" + b.path };
       if (b.root) Object.assign(attrs, { penwidth: "2.5", color: "#c0392b" });
       place(m.parent, quote("box:" + b.path) + " [" + attrList(attrs) + "]");
     }
