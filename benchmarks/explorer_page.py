@@ -18,13 +18,13 @@ import tempfile
 import time
 
 from playwright.sync_api import sync_playwright
+from tinygrad_tx.models.transformer import Transformer, TransformerConfig
 
 from tinygrad_tx import random as tx_random
 from tinygrad_tx.app import tasks
 from tinygrad_tx.app.cli import explore_sentence, explore_translation
 from tinygrad_tx.app.config import MODEL_PRESETS
 from tinygrad_tx.app.vocab import PAD, PairVocab
-from tinygrad_tx.models.transformer import Transformer, TransformerConfig
 
 SENTENCE = "one thousand, nine hundred and seventy-one"
 
@@ -70,7 +70,7 @@ def measure(browser, path: str, loads: int) -> dict:
         if errors:
             raise RuntimeError(f"{path}: page errors {errors}")
         runs.append(result)
-    med = lambda f: statistics.median(f(r) for r in runs)   # noqa: E731
+    med = lambda f: statistics.median(f(r) for r in runs)
     return {"mb": os.path.getsize(path) / 1e6, "fcp": med(lambda r: r["fcp"]), "drawn": med(lambda r: r["drawn"]),
             "nodes": runs[0]["nodes"], "all_ms": med(lambda r: r["all"]["ms"]), "all_nodes": runs[0]["all"]["nodes"],
             "back_ms": med(lambda r: r["backward"]["ms"]), "back_nodes": runs[0]["backward"]["nodes"]}

@@ -245,7 +245,7 @@
     if (!summary) return div;
     const head = document.createElement("div");
     head.textContent = `${title}: min ${fmt(summary.min)}  mean ${fmt(summary.mean)}  max ${fmt(summary.max)}` +
-      `  \u2016\u00b7\u2016 ${fmt(summary.norm)}  (${summary.size} values)`;
+      `  norm ${fmt(summary.norm)}  (${summary.size} values)`;
     div.appendChild(head);
     if (!summary.hist) return div;
     const W = 320, H = 60, counts = summary.hist.counts, top = Math.max(...counts, 1);
