@@ -22,6 +22,12 @@ DOCS = REPO / "docs"
 IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)|<img src=\"([^\"]+)\"")
 LINK = re.compile(r"(?<!!)\[([^\]]*)\]\(([^)\s]+)\)")
 HEADING = re.compile(r"^#{1,2} (.+)$", flags=re.MULTILINE)
+FENCE = re.compile(r"^```.*?^```", flags=re.MULTILINE | re.DOTALL)
+
+
+def headings(markdown: str) -> list[str]:
+    """The page's # and ## headings, outside fenced code (where # starts a Python comment)."""
+    return HEADING.findall(FENCE.sub("", markdown))
 BUILD_TOOLS = "pip install jupytext nbformat nbclient ipykernel (the test extra: pip install -e '.[test]')"
 
 
@@ -83,6 +89,11 @@ def test_committed_page_holds_the_sources_prose_and_code_in_order(page):
         found = text.find(block, position)
         assert found >= 0, f"docs/{page}.md lacks (or reorders) this cell of its source:\n{block[:300]}"
         position = found + len(block)
+    # ... and nothing was added to the page by hand: its sections are exactly the source's.
+    source_headings = [h for cell in guide.read_source(str(DOCS), page).cells if cell["cell_type"] == "markdown"
+                       for h in headings(cell["source"])]
+    assert headings(text) == source_headings, \
+        f"docs/{page}.md has sections its source lacks: edit docs/src/{page}.py, then run `tinygrad-tx guide`"
 
 
 def test_committed_pages_link_only_to_existing_files_and_show_existing_figures():
@@ -136,7 +147,7 @@ def test_quick_build_runs_every_cell_and_writes_the_same_structure(built):
         assert str(md) in written and (out / "notebooks" / f"{page}.ipynb").exists()
         text = md.read_text(encoding="utf-8")
         committed = (DOCS / f"{page}.md").read_text(encoding="utf-8")
-        assert HEADING.findall(text) == HEADING.findall(committed)
+        assert headings(text) == headings(committed)
         # one figure per layer: the quick model has fewer layers than the committed page's
         per_layer = [re.sub(r"layer\d+", "layer<i>", name) for name in images(md)]
         committed_per_layer = [re.sub(r"layer\d+", "layer<i>", name) for name in images(DOCS / f"{page}.md")]
