@@ -284,3 +284,14 @@ def test_one_head_reproduces_the_layer():
     (out * out).mean().backward()
     grads = {t.name: t.grad for t in named if t.grad is not None}
     assert math.sqrt(float((grads["b^K"].numpy() ** 2).sum())) < 1e-5 < float(np.abs(grads["b^Q"].numpy()).max())
+
+
+def test_the_guide_command_checks_the_notebooks(tmp_path, capsys):
+    need_build_tools()
+    from tinygrad_tx.app.cli import main
+    assert main(["guide", "--check", "--docs", str(DOCS)]) == 0
+    shutil.copytree(DOCS / "src", tmp_path / "src")
+    (tmp_path / "notebooks").mkdir()
+    shutil.copy(DOCS / "notebooks" / "autodiff.ipynb", tmp_path / "notebooks" / "autodiff.ipynb")
+    assert main(["guide", "--check", "--docs", str(tmp_path)]) == 1       # illustrated.ipynb is missing
+    assert "illustrated.ipynb differs from its source" in capsys.readouterr().err
