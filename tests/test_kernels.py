@@ -126,6 +126,34 @@ def cross_entropy_backward(rng, dtype, smoothing, rows=7, C=37):
     return (logp, t_safe, (g * valid).astype(dtype), smoothing), (xt.grad.numpy(),)
 
 
+class _Uniforms:
+    """Stands in for a device generator: its next `random` draw is the given array."""
+
+    def __init__(self, u):
+        self.u = u
+
+    def random(self, shape, dtype=None):
+        assert tuple(shape) == self.u.shape and np.dtype(dtype) == self.u.dtype
+        return self.u
+
+
+def dropout_forward(rng, dtype, shape, p):
+    x = rng.standard_normal(shape).astype(dtype)
+    u = rng.random(shape).astype(dtype)
+    u.flat[:3] = np.asarray(p, dtype)                     # draws exactly at p are kept (u >= p)
+    saved = tx.random._generators.get("cpu")
+    tx.random._generators["cpu"] = _Uniforms(u)
+    try:
+        y = F.dropout(tensor(x, grad=True), p)
+    finally:
+        if saved is None:
+            tx.random._generators.pop("cpu")
+        else:
+            tx.random._generators["cpu"] = saved
+    (scale,) = y._ctx.saved_tensors
+    return (x, u, p), (y.numpy(), scale)
+
+
 # kernel name, case, id. Rows of 7 and 37 elements use one warp, rows of 100 several (the block reductions).
 TABLE = [
     ("softmax_forward", partial(softmax_forward, shape=(4, 7)), "4x7"),
@@ -145,6 +173,8 @@ TABLE = [
     ("cross_entropy_forward", partial(cross_entropy_forward, smoothing=0.1, C=100), "smoothing+ignore_index"),
     ("cross_entropy_backward", partial(cross_entropy_backward, smoothing=0.0), "ignore_index"),
     ("cross_entropy_backward", partial(cross_entropy_backward, smoothing=0.1, C=100), "smoothing+ignore_index"),
+    ("dropout_forward", partial(dropout_forward, shape=(3, 50), p=0.3), "p=0.3"),
+    ("dropout_forward", partial(dropout_forward, shape=(700,), p=0.9), "p=0.9-several-blocks"),
 ]
 
 
@@ -288,7 +318,7 @@ def test_kernels_take_float_arrays_of_one_dtype(monkeypatch):
 def test_only_primitives_with_kernels_have_fused_versions():
     fused = {cls.__name__ for cls in vars(tx.primitives).values()
              if isinstance(cls, type) and issubclass(cls, tx.Function) and cls.forward_cuda is not None}
-    assert fused == {"Softmax", "LogSoftmax", "LayerNorm", "CrossEntropy"}
+    assert fused == {"Softmax", "LogSoftmax", "LayerNorm", "CrossEntropy", "Dropout"}
     for name in fused:
         assert getattr(tx.primitives, name).backward_cuda is not None, name
 
@@ -397,3 +427,26 @@ def test_create_graph_after_a_fused_forward_runs_the_plain_backward(emulated, mo
     assert {"softmax_forward", "log_softmax_forward", "layer_norm_forward", "cross_entropy_forward"} <= set(fused_calls)
     for a, e in zip(actual, expected):
         np.testing.assert_allclose(a, e, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_dropout_dispatches_with_the_same_draws(emulated, monkeypatch, fused_calls, dtype):
+    """Seeded alike, the fused dropout keeps the same positions as the xp maths, forward and backward."""
+    skip_cpu_runner_on_gpu_only_run()
+    rng = np.random.default_rng(2)
+    x0, g = rng.standard_normal((4, 33)).astype(dtype), rng.standard_normal((4, 33)).astype(dtype)
+
+    def run():
+        tx.manual_seed(9)
+        x = tensor(x0, grad=True)
+        y = F.dropout(x, 0.4)
+        y.backward(tensor(g))
+        return y.numpy(), x.grad.numpy()
+
+    expected = run()
+    monkeypatch.setattr(kernels, "_on_gpu", lambda a: True)
+    actual = run()
+    assert fused_calls == ["dropout_forward"]
+    for a, e in zip(actual, expected):
+        np.testing.assert_array_equal(a, e)
+    assert 0 < (expected[0] == 0).sum() < expected[0].size

@@ -440,6 +440,39 @@ def cross_entropy_backward(logp, t, weight, smoothing):
     return dx
 
 
+# ============================================================================== dropout
+# Replaces the arithmetic of Dropout.forward, given the uniforms u it draws: keep = u >= p,
+# scale = keep / (1 - p) in the dtype, y = x * scale (four CuPy kernels) -> one, writing y and the
+# scale that backward multiplies by. Each thread walks the arrays with a grid-sized stride.
+SOURCES["dropout_forward"] = r"""
+extern "C" __global__ void dropout_forward(const T* x, const T* u, const T p, const T kept, T* y, T* scale,
+                                           const long long n) {
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        const T s = u[i] >= p ? kept : T(0);
+        scale[i] = s;
+        y[i] = x[i] * s;
+    }
+}
+"""
+_STRIDE_THREADS, _STRIDE_MAX_BLOCKS = 256, 2048
+
+
+def _stride_grid(n: int) -> tuple:
+    """Blocks for a grid-stride loop over n elements."""
+    return (max(1, min(_STRIDE_MAX_BLOCKS, -(-n // _STRIDE_THREADS))),)
+
+
+def dropout_forward(x, u, p):
+    cp = backend.get_xp("cuda")
+    x, u = _contiguous(x, x.dtype), _contiguous(u, x.dtype)
+    y, scale = cp.empty_like(x), cp.empty_like(x)
+    T = x.dtype.type
+    _kernel("dropout_forward", x.dtype)(_stride_grid(x.size), (_STRIDE_THREADS,),
+                                        (x, u, T(p), T(1.0 / (1.0 - p)), y, scale, _index(x.size)))
+    return y, scale
+
+
 # ============================================================================== the table
 # name -> launcher: the functions that the primitives' forward_cuda and backward_cuda call.
 KERNELS = {
@@ -451,6 +484,7 @@ KERNELS = {
     "layer_norm_backward": layer_norm_backward,
     "cross_entropy_forward": cross_entropy_forward,
     "cross_entropy_backward": cross_entropy_backward,
+    "dropout_forward": dropout_forward,
 }
 
 
@@ -483,7 +517,6 @@ extern "C" __global__ void adam_step(T* p, T* m, T* v, const T* grad, const long
     }
 }
 """
-_ADAM_THREADS, _ADAM_MAX_BLOCKS = 256, 2048
 
 
 def adam_step(p, m, v, grad, *, decay, l2, weight_decay, beta1, beta2, eps, step_size, bias_correction2_sqrt):
@@ -491,9 +524,7 @@ def adam_step(p, m, v, grad, *, decay, l2, weight_decay, beta1, beta2, eps, step
     cp = backend.get_xp("cuda")
     T = p.dtype.type
     grad = _contiguous(grad, p.dtype)
-    n = p.size
-    blocks = max(1, min(_ADAM_MAX_BLOCKS, -(-n // _ADAM_THREADS)))
-    _kernel("adam_step", p.dtype)((blocks,), (_ADAM_THREADS,), (
-        p, m, v, grad, _index(n), T(decay), cp.int32(bool(l2)), T(weight_decay), T(1 - beta1), T(beta2),
+    _kernel("adam_step", p.dtype)(_stride_grid(p.size), (_STRIDE_THREADS,), (
+        p, m, v, grad, _index(p.size), T(decay), cp.int32(bool(l2)), T(weight_decay), T(1 - beta1), T(beta2),
         T(1 - beta2), T(bias_correction2_sqrt), T(eps), T(-step_size)))
 

@@ -793,6 +793,15 @@ class Dropout(Function):
         (scale,) = ctx.saved_tensors
         return g * scale, None
 
+    @staticmethod
+    def forward_cuda(ctx, x, p):
+        u = random.rng(backend.device_of(x)).random(x.shape, dtype=x.dtype)      # the draws forward makes
+        y, scale = kernels.dropout_forward(x, u, p)
+        ctx.save_for_backward(scale)
+        return y
+
+    backward_cuda = backward                  # g * scale: one kernel already
+
 
 # =============================================================================== normalization
 def _standardize(x, eps):
