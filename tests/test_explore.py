@@ -88,6 +88,12 @@ def test_the_data_matches_the_static_drawing(tmp_path):
         assert forward["modules"][path]["label"].split("\n")[1] in folded
 
 
+def test_a_negative_depth_is_refused(tmp_path):
+    x = tx.Tensor([1.0, 2.0], requires_grad=True)
+    with pytest.raises(ValueError, match="explore: depth must be >= 0 or None, not -1"):
+        tx.viz.explore(x.sum(), path=str(tmp_path / "p.html"), depth=-1)
+
+
 def test_a_root_without_grad_has_no_backward_view():
     x = tx.Tensor([1.0, 2.0])
     data = page_data((x * 2).sum())

@@ -196,6 +196,8 @@ def explore(root, *, module=None, path="graph.html", title: str = "", attention=
     Returns:
         the path written.
     """
+    if depth is not None and depth < 0:
+        raise ValueError(f"explore: depth must be >= 0 or None, not {depth}")
     data = page_data(root, module=module, title=title, attention=attention, attention_caption=attention_caption)
     data["start_depth"] = depth
     html = _read("explore.html")
