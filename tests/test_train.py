@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import sys
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from tinygrad_tx.app import batching, tasks, vocab
 from tinygrad_tx.app.checkpoint import file_digest, load_checkpoint, load_model
 from tinygrad_tx.app.config import CheckpointError, TrainConfig
 from tinygrad_tx.app.train import Trainer, TrainingDiverged, TrainingInterrupted, train
-from tinygrad_tx.app.translate import Translator, score
+from tinygrad_tx.app.translate import Translator, format_score, score
 
 TINY = {"d_model": 16, "n_heads": 2, "d_ff": 32, "n_layers": 1, "dropout": 0.1}
 
@@ -202,6 +203,15 @@ def test_score_metrics():
     assert perfect == {"exact_match": 100.0, "bleu": pytest.approx(100.0), "chrf": pytest.approx(100.0)}
     half = score([refs[0], "six seven eight ten"], refs)
     assert half["exact_match"] == 50.0 and half["bleu"] < 100 and half["chrf"] < 100
+
+
+def test_score_without_sacrebleu_still_gives_the_exact_match(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sacrebleu", None)        # as after a plain `pip install tinygrad-tx`
+    refs = ["one two", "three"]
+    with pytest.warns(UserWarning, match=r"pip install 'tinygrad-tx\[train\]'"):
+        metrics = score([refs[0], "four"], refs)
+    assert metrics == {"exact_match": 50.0, "bleu": None, "chrf": None}
+    assert format_score(metrics["bleu"]) == "n/a" and format_score(12.345, 2) == "12.35"
 
 
 @pytest.mark.skipif(tx.cuda_available(), reason="checks the error raised without a GPU")

@@ -31,7 +31,7 @@ from .analysis import translate_and_attend
 from .checkpoint import has_checkpoint, load_model, read_config
 from .config import CheckpointError, TrainConfig
 from .train import TrainingInterrupted, train
-from .translate import Translator
+from .translate import Translator, format_score
 
 DEFAULT_MINUTES = 5
 DEMO_SENTENCES = ["ninety-seven", "one thousand, nine hundred and seventy-one", "two hundred and eighty thousand"]
@@ -139,7 +139,7 @@ def _print_metrics(metrics: dict, as_json: bool, header: str = "") -> None:
     if header:
         print(header)
     for key in ("exact_match", "bleu", "chrf"):
-        print(f"  {key}: {metrics[key]:.2f}")
+        print(f"  {key}: {format_score(metrics[key], 2)}")
 
 
 # ---------------------------------------------------------------------------- draw
@@ -254,8 +254,8 @@ def cmd_demo(args) -> int:
     os.makedirs(pictures, exist_ok=True)
     try:
         print("  " + drawings.draw_command(what="encoder-layer", out=os.path.join(pictures, "encoder_layer.svg")))
-        print("  " + drawings.draw_command(what="encoder-layer", out=os.path.join(pictures, "encoder_layer_backward.svg"),
-                                      backward=True))
+        backward_path = os.path.join(pictures, "encoder_layer_backward.svg")
+        print("  " + drawings.draw_command(what="encoder-layer", out=backward_path, backward=True))
     except (RuntimeError, ImportError, viz.GraphvizNotInstalled) as e:
         _warn(f"skipped the graph pictures: {e}")
     try:

@@ -35,7 +35,7 @@ from tinygrad_tx import functional as F
 from . import batching, checkpoint
 from .config import CheckpointError, TrainConfig, encode_pairs, load_pairs
 from .tasks import DataError
-from .translate import Translator
+from .translate import Translator, format_score
 from .vocab import PAD, PairVocab
 
 
@@ -393,7 +393,8 @@ class Trainer:
             self.metrics.pop()
             raise
         message = (f"step {record['step']}: valid loss {record['valid_loss']:.3f}, exact match "
-                   f"{record['exact_match']:.1f}%, BLEU {record['bleu']:.1f}, chrF {record['chrf']:.1f}")
+                   f"{record['exact_match']:.1f}%, BLEU {format_score(record['bleu'])}, "
+                   f"chrF {format_score(record['chrf'])}")
         if bar is not None:
             bar.write(message, file=sys.stderr)
         else:

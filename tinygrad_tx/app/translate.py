@@ -12,16 +12,30 @@ from .vocab import BOS, EOS, PairVocab
 
 # ---------------------------------------------------------------------------- metrics
 def score(hypotheses: list[str], references: list[str]) -> dict:
-    """exact_match (% of sentences identical to the reference), corpus BLEU and chrF (sacrebleu)."""
-    import sacrebleu
+    """exact_match (% of sentences identical to the reference), corpus BLEU and chrF (sacrebleu).
+
+    Without sacrebleu (a plain `pip install tinygrad-tx`), BLEU and chrF are None and a warning
+    says how to get them; the exact match needs nothing.
+    """
     if len(hypotheses) != len(references):
         raise ValueError(f"score: {len(hypotheses)} hypotheses for {len(references)} references")
     if not references:
         raise ValueError("score: nothing to score (no references)")
     exact = sum(h == r for h, r in zip(hypotheses, references))
-    return {"exact_match": 100.0 * exact / len(references),
-            "bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
-            "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score}
+    metrics = {"exact_match": 100.0 * exact / len(references), "bleu": None, "chrf": None}
+    try:
+        import sacrebleu
+    except ImportError:
+        warnings.warn("BLEU and chrF need sacrebleu: pip install 'tinygrad-tx[train]'", stacklevel=2)
+        return metrics
+    metrics["bleu"] = sacrebleu.corpus_bleu(hypotheses, [references]).score
+    metrics["chrf"] = sacrebleu.corpus_chrf(hypotheses, [references]).score
+    return metrics
+
+
+def format_score(value, digits: int = 1) -> str:
+    """A metric for printing: 'n/a' where it could not be computed (BLEU without sacrebleu)."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 # ---------------------------------------------------------------------------- translating
