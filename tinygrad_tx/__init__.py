@@ -1,7 +1,8 @@
 """tinygrad_tx: a small, readable reverse-mode autodiff engine on NumPy (CPU) and CuPy (GPU).
 
-This package is the engine. Read its files in dependency order: backend -> tensor / autograd ->
-primitives -> functional -> nn -> optim; serialization, gradcheck and viz (drawing) sit beside them.
+This package is the engine. Read its files in dependency order: backend -> tensor -> autograd ->
+primitives -> functional -> nn -> optim; random, serialization, kernels, gradcheck, distributed and
+viz (drawing) sit beside them. No import runs the other way (tests/test_layering.py).
 On top of the engine: `tinygrad_tx.models` (the Transformer, built from the public API), and on top
 of the models `tinygrad_tx.app` (tasks, vocabularies, batching, training, checkpoints, translation,
 the CLI, the benchmark and the guide builder). `import tinygrad_tx` loads neither.

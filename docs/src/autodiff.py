@@ -18,11 +18,14 @@
 # [the exercises](../examples/exercises/): write these pieces yourself, with checks that tell you
 # whether they are right.
 #
-# Open the files next to the lesson and read them in the order they depend on each other:
+# Open the files next to the lesson and read them in the order they depend on each other; no file
+# imports one that comes after it ([tests/test_layering.py](../tests/test_layering.py) checks this):
 # [backend.py](../tinygrad_tx/backend.py) (NumPy or CuPy), [tensor.py](../tinygrad_tx/tensor.py)
 # (the `Tensor`), [autograd.py](../tinygrad_tx/autograd.py) (the graph node and the backward walk),
-# then [primitives.py](../tinygrad_tx/primitives.py) (every primitive with its derivative). Their
-# size, counted from the files:
+# then [primitives.py](../tinygrad_tx/primitives.py) (every primitive with its derivative). The
+# `Tensor`'s methods call the backward walk and the primitives, which are both built on `Tensor`, so
+# tensor.py does not import them: autograd.py and primitives.py hand themselves to it as they load
+# (`register_autograd`, `register_primitives`, the last line of each). Their size, counted from the files:
 
 # %%
 import inspect
