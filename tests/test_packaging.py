@@ -79,6 +79,6 @@ def test_a_project_with_its_own_models_package_keeps_it_and_can_train(tmp_path):
     assert out.splitlines() == ["the user models package", "tinygrad_tx.models"]
     run("-m", "tinygrad_tx", "train", "--data", "pairs.tsv", "--valid", "pairs.tsv", "--out", "run", "--steps", "2",
         "--batch-size", "4")
-    assert (tmp_path / "run" / "model.npz").exists()
+    assert (tmp_path / "run" / "checkpoint.json").exists()
     translation = run("-m", "tinygrad_tx", "translate", "--checkpoint", "run", "3 4 5")
     assert len(translation.splitlines()) == 1
