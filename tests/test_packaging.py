@@ -50,12 +50,20 @@ def test_the_wheel_has_no_top_level_models_package(wheel_files):
     assert len(entry_points) == 1
 
 
-def test_the_wheel_holds_every_module_of_the_tree(wheel_files):
-    """A subpackage missing from pyproject's package list would install without its files."""
-    expected = {f"tinygrad_tx/{p.relative_to(ROOT / 'tinygrad_tx').as_posix()}"
-                for p in (ROOT / "tinygrad_tx").rglob("*.py") if "__pycache__" not in p.parts}
-    expected |= {f"tinygrad_tx/models/{p.relative_to(ROOT / 'models').as_posix()}"
-                 for p in (ROOT / "models").rglob("*.py") if "__pycache__" not in p.parts}
+def source_files() -> list[str]:
+    """The files of tinygrad_tx/ and models/ that git tracks (every .py file where git is not there)."""
+    listed = subprocess.run(["git", "ls-files", "tinygrad_tx", "models"], cwd=ROOT, capture_output=True, text=True,
+                            check=False)
+    if listed.returncode == 0 and listed.stdout.strip():
+        return listed.stdout.split()
+    return [p.relative_to(ROOT).as_posix() for folder in ("tinygrad_tx", "models")
+            for p in (ROOT / folder).rglob("*.py") if "__pycache__" not in p.parts]
+
+
+def test_the_wheel_holds_every_file_of_the_tree(wheel_files):
+    """A subpackage missing from pyproject's package list, or a data file its package-data misses, would
+    install without its files."""
+    expected = {"tinygrad_tx/" + name if name.startswith("models/") else name for name in source_files()}
     assert sorted(expected - set(wheel_files)) == []
 
 
