@@ -56,7 +56,9 @@ TABLE = [
     ("max_axis", lambda a: a.max(axis=1), lambda a: a.amax(dim=1), [(3, 5)]),
     ("max_all", lambda a: a.max(), lambda a: a.amax(), [(3, 5)]),
     ("min_keep", lambda a: a.min(axis=0, keepdims=True), lambda a: a.amin(dim=0, keepdim=True), [(3, 5)]),
-    ("var", lambda a: a.var(axis=-1), lambda a: a.var(dim=-1, unbiased=False), [(3, 5)]),
+    ("var", lambda a: a.var(axis=-1), lambda a: a.var(dim=-1), [(3, 5)]),
+    ("var_biased", lambda a: a.var(axis=(0, 2), correction=0), lambda a: a.var(dim=(0, 2), correction=0),
+     [(2, 3, 4)]),
     # movement
     ("reshape", lambda a: a.reshape(3, 2, 2), lambda a: a.reshape(3, 2, 2), [(2, 6)]),
     ("permute", lambda a: a.permute(2, 0, 1), lambda a: a.permute(2, 0, 1), [(2, 3, 4)]),
@@ -64,6 +66,11 @@ TABLE = [
     ("getitem_basic", lambda a: a[1:, None, ::2], lambda a: a[1:, None, ::2], [(3, 4)]),
     ("getitem_int_ellipsis", lambda a: a[..., 1], lambda a: a[..., 1], [(2, 3, 4)]),
     ("getitem_int_array", lambda a: a[tx.Tensor([0, 2, 0])], lambda a: a[torch.tensor([0, 2, 0])], [(3, 4)]),
+    # an int is a basic index in torch: x[1, :, [0, 1]] is x[1][:, [0, 1]], shape (3, 2), not NumPy's (2, 3)
+    ("getitem_int_slice_list", lambda a: a[1, :, [0, 1]], lambda a: a[1, :, [0, 1]], [(2, 3, 4)]),
+    ("getitem_list_slice_int", lambda a: a[[0, 1, 1], :, 2], lambda a: a[[0, 1, 1], :, 2], [(2, 3, 4)]),
+    ("getitem_int_list_list", lambda a: a[[1, 0], 2, [3, 3]], lambda a: a[[1, 0], 2, [3, 3]], [(2, 3, 4)]),
+    ("getitem_none_int_list", lambda a: a[None, 0, ..., [2, 0]], lambda a: a[None, 0, ..., [2, 0]], [(2, 3, 4)]),
     ("cat", lambda a, b: tx.cat([a, b], axis=1), lambda a, b: torch.cat([a, b], dim=1), [(2, 3), (2, 2)]),
     ("stack", lambda a, b: tx.stack([a, b], axis=1), lambda a, b: torch.stack([a, b], dim=1), [(2, 3), (2, 3)]),
     # matmul (batch axes broadcast)
@@ -229,3 +236,67 @@ def test_second_derivative_matches_torch(name, fn, torch_fn, specs, device, rng)
         expected = np.zeros(x.shape) if r is None else r.numpy(force=True)   # None: torch found no dependence
         got = np.zeros(x.shape) if t is None else to_host(t)
         np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------- torch's semantics at the edges
+@pytest.mark.parametrize("values, dtype", [([0, -2**31, 7], "int32"), ([5, 0, 1, 2, 3, 4], "uint8"),
+                                           ([True, False, True], "bool"), ([3, -9], "int64")])
+def test_min_and_max_of_integers_and_bools_are_exact(values, dtype):
+    x = np.array(values, dtype=dtype)
+    t = torch.tensor(x)
+    assert tx.Tensor(x).min().numpy() == t.min().numpy() and tx.Tensor(x).max().numpy() == t.max().numpy()
+    assert tx.Tensor(x).min().dtype == x.dtype
+
+
+def test_cross_entropy_with_every_target_ignored_has_zero_gradients():
+    logits = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    x = tx.Tensor(logits, requires_grad=True)
+    loss = F.cross_entropy(x, tx.Tensor(np.array([-100, -100, -100])))
+    loss.backward()
+    xt = torch.tensor(logits, requires_grad=True)
+    torch.nn.functional.cross_entropy(xt, torch.tensor([-100, -100, -100])).backward()
+    assert np.isnan(loss.item()) and np.array_equal(x.grad.numpy(), xt.grad.numpy())     # nan loss, 0 grads
+    assert np.all(x.grad.numpy() == 0)
+
+
+@pytest.mark.parametrize("op", [
+    lambda x: x.softmax(), lambda x: x.log_softmax(), lambda x: x.log(), lambda x: x.exp(), lambda x: x.sqrt(),
+    lambda x: x.tanh(), lambda x: x.sigmoid(), lambda x: x.sin(), lambda x: x.mean(), lambda x: x / 2,
+    lambda x: F.layer_norm(x, None, None), lambda x: tx.nn.Linear(3, 2)(x), lambda x: x @ tx.Tensor(np.ones((3, 1), np.float32)),
+    lambda x: F.dropout(x, 0.5), lambda x: F.cross_entropy(x, tx.Tensor([0, 1])),
+], ids=["softmax", "log_softmax", "log", "exp", "sqrt", "tanh", "sigmoid", "sin", "mean", "div", "layer_norm",
+        "Linear", "matmul", "dropout", "cross_entropy"])
+@pytest.mark.parametrize("dtype", ["int64", "int32", "bool"])
+def test_integer_tensors_in_float_ops_become_float32(op, dtype):
+    x = tx.Tensor(np.array([[1, 2, 3], [0, 1, 1]], dtype=dtype))
+    assert op(x).dtype == np.float32
+
+
+def test_var_defaults_to_torch_correction_and_goes_to_inf_or_nan_like_torch():
+    data = [1.0, 2.0, 3.0, 4.0]
+    assert tx.Tensor(data).var().item() == pytest.approx(torch.tensor(data).var().item())     # 1.667, not 1.25
+    assert tx.Tensor(data).var(correction=0).item() == pytest.approx(1.25)
+    for values, correction in [([1.0, 2.0], 2), ([1.0, 2.0], 3), ([5.0, 5.0], 2), ([5.0], 1)]:
+        ours, theirs = tx.Tensor(values).var(correction=correction).item(), torch.tensor(values).var(
+            correction=correction).item()
+        assert (np.isnan(ours) and np.isnan(theirs)) or ours == theirs, (values, correction, ours, theirs)
+
+
+def test_empty_mean_and_zero_d_axis_zero_follow_torch():
+    assert np.isnan(tx.Tensor(np.zeros((0,), np.float32)).mean().item())
+    assert tx.Tensor(np.zeros((0, 3), np.float32)).mean(axis=0).shape == (3,)
+    scalar = tx.Tensor(3.0, requires_grad=True)
+    assert scalar.sum(0).item() == 3.0 and scalar.sum(-1).item() == 3.0 and scalar.squeeze(0).item() == 3.0
+    assert scalar.max(0).item() == 3.0 and scalar.mean(0).item() == 3.0
+    scalar.sum(0).backward()
+    assert scalar.grad.item() == 1.0
+    with pytest.raises(ValueError, match="out of range"):
+        scalar.sum(1)
+
+
+def test_dropout_works_in_float16():
+    x = tx.Tensor(np.ones((64, 64), np.float16))
+    y = F.dropout(x, 0.25)
+    assert y.dtype == np.float16
+    kept = y.numpy() != 0
+    assert 0.6 < kept.mean() < 0.9 and np.allclose(y.numpy()[kept], 1 / 0.75, rtol=1e-3)

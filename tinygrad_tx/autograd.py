@@ -132,6 +132,16 @@ def _snake(name: str) -> str:
 OUTPUT = -1     # saved_roles marker: the saved array is the op's own output
 
 
+def _as_floating(args, positions):
+    """args with the integer or bool Tensors at `positions` cast to float32 (a differentiable Cast)."""
+    args = list(args)
+    for i in positions:
+        a = args[i] if i < len(args) else None
+        if isinstance(a, Tensor) and not backend.is_floating(a.dtype):
+            args[i] = a.to(dtype=backend.float32)
+    return tuple(args)
+
+
 def _role(saved, args, arrays, raw_out, out):
     """Which forward value a saved array is: an argument's index, OUTPUT, or None (an internal value)."""
     if saved is raw_out or saved is out:
@@ -173,6 +183,9 @@ class Function:
     saved_roles: tuple = ()     # per saved array: the forward argument it is, OUTPUT, or None
     derivative_of = None        # for a node recorded by a create_graph backward: whose backward ('Tanh')
     rule = "a user-defined Function: see its backward()"    # the derivative in one line, for explain
+    # Positions of arguments that must be floating point: an integer or bool Tensor there becomes
+    # float32 first (torch's default dtype), so log(int) or softmax(int) is float32, never float64.
+    floating_inputs: tuple = ()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -187,6 +200,8 @@ class Function:
 
     @classmethod
     def apply(cls, *args, **kwargs):
+        if cls.floating_inputs:
+            args = _as_floating(args, cls.floating_inputs)
         ctx = cls()
         arrays, device, requires = [], None, False
         for a in args:

@@ -230,6 +230,7 @@ class Pow(Function):
 class Exp(Function):
     # y = e^x          dy/dx = e^x = y   (keep the output: cheaper than recomputing)
     rule = "dX = G * exp(X) = G * Y"
+    floating_inputs = (0,)
 
     @staticmethod
     def forward(ctx, x):
@@ -246,6 +247,7 @@ class Exp(Function):
 class Log(Function):
     # y = log x        dy/dx = 1/x
     rule = "dX = G / X"
+    floating_inputs = (0,)
 
     @staticmethod
     def forward(ctx, x):
@@ -261,6 +263,7 @@ class Log(Function):
 class Sqrt(Function):
     # y = sqrt x       dy/dx = 1 / (2 sqrt x) = 1 / (2y)
     rule = "dX = G / (2 sqrt(X)) = G / (2Y)"
+    floating_inputs = (0,)
 
     @staticmethod
     def forward(ctx, x):
@@ -277,6 +280,7 @@ class Sqrt(Function):
 class Tanh(Function):
     # y = tanh x       dy/dx = 1 - y^2
     rule = "dX = G * (1 - Y^2)"
+    floating_inputs = (0,)
 
     @staticmethod
     def forward(ctx, x):
@@ -293,6 +297,7 @@ class Tanh(Function):
 class Sigmoid(Function):
     # y = 1 / (1 + e^-x)      dy/dx = y (1 - y)
     rule = "dX = G * Y * (1 - Y)"
+    floating_inputs = (0,)
 
     @staticmethod
     def forward(ctx, x):
@@ -343,6 +348,7 @@ class Abs(Function):
 class Sin(Function):
     # y = sin x        dy/dx = cos x
     rule = "dX = G * cos(X)"
+    floating_inputs = (0,)
 
     @staticmethod
     def forward(ctx, x):
@@ -358,6 +364,7 @@ class Sin(Function):
 class Cos(Function):
     # y = cos x        dy/dx = -sin x
     rule = "dX = -G * sin(X)"
+    floating_inputs = (0,)
 
     @staticmethod
     def forward(ctx, x):
@@ -373,6 +380,7 @@ class Cos(Function):
 class Erf(Function):
     # y = erf x = 2/sqrt(pi) * integral_0^x e^(-t^2) dt       dy/dx = 2/sqrt(pi) * e^(-x^2)
     rule = "dX = G * 2/sqrt(pi) * exp(-X^2)"
+    floating_inputs = (0,)
 
     @staticmethod
     def forward(ctx, x):
@@ -696,6 +704,7 @@ class Softmax(Function):
     # y_i = e^(x_i - m) / sum_j e^(x_j - m)   (m = max x: the same value, no overflow)
     # dx = y * (g - sum_j g_j y_j)
     rule = "dX = Y * (G - sum(G * Y, axis))"
+    floating_inputs = (0,)
 
     @staticmethod
     def forward(ctx, x, axis):
@@ -729,6 +738,7 @@ class LogSoftmax(Function):
     # y_i = x_i - m - log sum_j e^(x_j - m)
     # dx = g - softmax(x) * sum_j g_j,  with softmax(x) = e^y
     rule = "dX = G - softmax(X) * sum(G, axis)"
+    floating_inputs = (0,)
 
     @staticmethod
     def forward(ctx, x, axis):
@@ -780,10 +790,13 @@ class MaskedFill(Function):
 class Dropout(Function):
     # y = x * m / (1 - p), m ~ Bernoulli(1 - p)      dx = g * m / (1 - p)
     rule = "dX = G * keep / (1 - p), the same kept positions as forward"
+    floating_inputs = (0,)
 
     @staticmethod
     def forward(ctx, x, p):
-        keep = random.rng(backend.device_of(x)).random(x.shape, dtype=x.dtype) >= p
+        # uniform draws in x's dtype (float16 has no generator of its own: it draws in float32)
+        draw_dtype = x.dtype if x.dtype in (backend.float32, backend.float64) else backend.float32
+        keep = random.rng(backend.device_of(x)).random(x.shape, dtype=draw_dtype) >= p
         scale = (keep * (1.0 / (1.0 - p))).astype(x.dtype, copy=False)
         ctx.save_for_backward(scale)
         return x * scale
@@ -828,6 +841,7 @@ class LayerNorm(Function):
     # With create_graph, xh and r are recomputed from x as Tensors, so the same lines are recorded
     # and the second derivative reaches x through them.
     rule = "dX = r (Gw - mean(Gw) - xh mean(Gw xh)), dw = sum(G xh), db = sum(G)  (xh = normalised X, r = 1/std)"
+    floating_inputs = (0,)
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
@@ -964,6 +978,7 @@ class CrossEntropy(Function):
     # so the same formula is recorded; without, it is exp(lp) from forward, updated in place.
     op = "cross_entropy"
     rule = "dlogits = (softmax(logits) - target distribution) * G / rows"
+    floating_inputs = (0,)
 
     @staticmethod
     def forward(ctx, logits, target, ignore_index, label_smoothing, reduction):

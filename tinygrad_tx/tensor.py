@@ -6,6 +6,7 @@ derivative: that lives beside each primitive's forward.
 """
 from __future__ import annotations
 
+import math
 import numbers
 import weakref
 
@@ -272,17 +273,18 @@ class Tensor:
 
     def __matmul__(self, other):
         other = other if isinstance(other, Tensor) else Tensor(other, device=self.device)
-        if self.ndim == 0 or other.ndim == 0:
+        a, b = self._promote(other)                             # int @ float32 is float32, as torch
+        if a.ndim == 0 or b.ndim == 0:
             raise ValueError(f"matmul: both operands need at least 1 dimension, "
-                             f"got shapes {self.shape} and {other.shape}")
-        if self.ndim == 1 and other.ndim == 1:                  # dot product -> scalar
-            return (self.reshape(1, -1) @ other.reshape(-1, 1)).reshape(())
-        if self.ndim == 1:                                       # (k,) @ (..., k, m) -> (..., m)
-            out = fn.MatMul.apply(self.reshape(1, -1), other)
+                             f"got shapes {a.shape} and {b.shape}")
+        if a.ndim == 1 and b.ndim == 1:                  # dot product -> scalar
+            return (a.reshape(1, -1) @ b.reshape(-1, 1)).reshape(())
+        if a.ndim == 1:                                       # (k,) @ (..., k, m) -> (..., m)
+            out = fn.MatMul.apply(a.reshape(1, -1), b)
             return out.reshape(*out.shape[:-2], out.shape[-1])
-        if other.ndim == 1:                                      # (..., n, k) @ (k,) -> (..., n)
-            return fn.MatMul.apply(self, other.reshape(-1, 1)).reshape(*self.shape[:-1])
-        return fn.MatMul.apply(self, other)
+        if b.ndim == 1:                                      # (..., n, k) @ (k,) -> (..., n)
+            return fn.MatMul.apply(a, b.reshape(-1, 1)).reshape(*a.shape[:-1])
+        return fn.MatMul.apply(a, b)
 
     def __rmatmul__(self, other):
         return Tensor(other, device=self.device) @ self
@@ -383,20 +385,20 @@ class Tensor:
         return fn.Sum.apply(self, _axes(axis, self.ndim), keepdims)
 
     def mean(self, axis=None, keepdims=False):
+        """sum / n; the mean of no elements is nan, as torch's."""
         axes = _axes(axis, self.ndim)
-        n = 1
-        for a in (range(self.ndim) if axes is None else axes):
-            n *= self.shape[a]
-        return self.sum(axes, keepdims) * (1.0 / n)            # mean = sum / n
+        n = _count(self.shape, axes)
+        return self.sum(axes, keepdims) * (1.0 / n if n else math.nan)
 
-    def var(self, axis=None, keepdims=False, correction=0):
-        """Variance, biased by default (correction=0), as layer_norm uses it."""
+    def var(self, axis=None, keepdims=False, correction=1):
+        """sum((x - mean)^2) / (n - correction): unbiased by default (correction=1), as torch.var.
+        Pass correction=0 for the biased variance (layer_norm's). With n - correction <= 0 the result
+        is inf (or nan where the sum is 0), as torch's."""
         axes = _axes(axis, self.ndim)
-        n = 1
-        for a in (range(self.ndim) if axes is None else axes):
-            n *= self.shape[a]
+        n = _count(self.shape, axes)
         centred = self - self.mean(axes, keepdims=True)
-        return (centred * centred).sum(axes, keepdims) * (1.0 / (n - correction))
+        divisor = max(n - correction, 0)
+        return (centred * centred).sum(axes, keepdims) * (1.0 / divisor if divisor else math.inf)
 
     def max(self, axis=None, keepdims=False):
         return fn.Max.apply(self, _axes(axis, self.ndim), keepdims)
@@ -463,6 +465,9 @@ class Tensor:
     def squeeze(self, axis=None):
         if axis is None:
             return self.reshape(*[s for s in self.shape if s != 1])
+        if self.ndim == 0:                  # torch allows axis 0 or -1 on a 0-d tensor: nothing to remove
+            _axes(axis, 0)
+            return self
         axis = axis % self.ndim
         if self.shape[axis] != 1:
             return self
@@ -486,7 +491,28 @@ class Tensor:
         return self.permute(*reversed(range(self.ndim)))
 
     def __getitem__(self, index):
-        return fn.GetItem.apply(self, _index_arrays(index))
+        """Indexing as torch: slices, ints, None, ..., integer arrays/lists/Tensors and bool masks.
+
+        One rule differs from NumPy, and we follow torch: an int is a basic index (it selects, as
+        x[1] does), not an advanced one. So x[1, :, [0, 1]] on shape (2, 3, 4) is x[1][:, [0, 1]],
+        shape (3, 2), where NumPy, which counts the 1 among the advanced indices separated by a
+        slice, moves their axis to the front: (2, 3). Such an index runs as two GetItems.
+        """
+        index = _index_arrays(index)
+        parts = index if isinstance(index, tuple) else (index,)
+        ints = [i for i in parts if _is_int_index(i)]
+        if ints and any(_is_advanced_index(i) for i in parts):
+            select = []
+            for i in parts:
+                if _is_int_index(i) or i is Ellipsis:
+                    select.append(i)
+                elif _is_advanced_index(i) and getattr(i, "dtype", None) == backend.bool_:
+                    select.extend([slice(None)] * i.ndim)       # a mask spans as many axes as it has
+                elif i is not None:
+                    select.append(slice(None))
+            rest = tuple(i for i in parts if not _is_int_index(i))
+            return fn.GetItem.apply(self, tuple(select))[rest]
+        return fn.GetItem.apply(self, index)
 
     def split(self, split_size_or_sections, axis=0):
         """Pieces along an axis: of size `split_size_or_sections` each (the last may be smaller), or of
@@ -574,7 +600,25 @@ def _axes(axis, ndim):
     for a in axes:
         if not -max(ndim, 1) <= a < max(ndim, 1):
             raise ValueError(f"axis {a} is out of range for a tensor with {ndim} dimensions")
+    if ndim == 0:                           # axis 0 (or -1) of a 0-d tensor, as torch: nothing to reduce
+        return ()
     return tuple(sorted(a % max(ndim, 1) for a in axes))
+
+
+def _count(shape, axes) -> int:
+    """How many elements a reduction over `axes` (None: all) combines."""
+    n = 1
+    for a in (range(len(shape)) if axes is None else axes):
+        n *= shape[a]
+    return n
+
+
+def _is_int_index(i) -> bool:
+    return isinstance(i, numbers.Integral) and not isinstance(i, bool)
+
+
+def _is_advanced_index(i) -> bool:
+    return backend.is_array(i) or isinstance(i, (list, bool))
 
 
 def _index_arrays(index):
