@@ -787,6 +787,13 @@ class MaskedFill(Function):
         return unbroadcast(where(mask, zero, g), ctx.in_shape), None, None
 
 
+def _uniform_like(x):
+    """Uniform draws in [0, 1) of x's shape, from x's device generator, in x's dtype (float16, which
+    has no generator of its own, draws in float32)."""
+    dtype = x.dtype if x.dtype in (backend.float32, backend.float64) else backend.float32
+    return random.rng(backend.device_of(x)).random(x.shape, dtype=dtype)
+
+
 class Dropout(Function):
     # y = x * m / (1 - p), m ~ Bernoulli(1 - p)      dx = g * m / (1 - p)
     rule = "dX = G * keep / (1 - p), the same kept positions as forward"
@@ -794,9 +801,7 @@ class Dropout(Function):
 
     @staticmethod
     def forward(ctx, x, p):
-        # uniform draws in x's dtype (float16 has no generator of its own: it draws in float32)
-        draw_dtype = x.dtype if x.dtype in (backend.float32, backend.float64) else backend.float32
-        keep = random.rng(backend.device_of(x)).random(x.shape, dtype=draw_dtype) >= p
+        keep = _uniform_like(x) >= p
         scale = (keep * (1.0 / (1.0 - p))).astype(x.dtype, copy=False)
         ctx.save_for_backward(scale)
         return x * scale
@@ -808,7 +813,7 @@ class Dropout(Function):
 
     @staticmethod
     def forward_cuda(ctx, x, p):
-        u = random.rng(backend.device_of(x)).random(x.shape, dtype=x.dtype)      # the draws forward makes
+        u = _uniform_like(x)                      # the draws forward makes
         y, scale = kernels.dropout_forward(x, u, p)
         ctx.save_for_backward(scale)
         return y
