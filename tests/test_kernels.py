@@ -450,3 +450,40 @@ def test_dropout_dispatches_with_the_same_draws(emulated, monkeypatch, fused_cal
     for a, e in zip(actual, expected):
         np.testing.assert_array_equal(a, e)
     assert 0 < (expected[0] == 0).sum() < expected[0].size
+
+
+def test_a_transformer_training_step_on_the_fused_kernels_matches_numpy(emulated, monkeypatch, fused_calls):
+    """Every fused kernel wired together: two steps of a small Transformer (dropout on, label-smoothed
+    loss with padding, clipping, Adam) give the NumPy path's losses and weights."""
+    skip_cpu_runner_on_gpu_only_run()
+    from tinygrad_tx.models.transformer import Transformer, TransformerConfig
+    src = np.array([[3, 4, 5, 6, 2], [7, 8, 2, 0, 0]])
+    tgt = np.array([[1, 9, 10, 11, 2], [1, 12, 2, 0, 0]])
+
+    def train_two_steps():
+        tx.manual_seed(0)
+        config = TransformerConfig(src_vocab=13, tgt_vocab=13, d_model=16, n_heads=2, d_ff=32, n_layers=1,
+                                   dropout=0.1, max_len=16, pad_id=0)
+        model = Transformer(config).to(device="cpu", dtype="float64")
+        opt = tx.optim.Adam(model.parameters(), lr=1e-2)
+        losses = []
+        for _ in range(2):
+            logits = model(tx.Tensor(src, device="cpu"), tx.Tensor(tgt[:, :-1], device="cpu"))
+            loss = F.cross_entropy(logits, tx.Tensor(tgt[:, 1:], device="cpu"), ignore_index=0, label_smoothing=0.1)
+            opt.zero_grad()
+            loss.backward()
+            tx.optim.clip_grad_norm(model.parameters(), 0.5)
+            opt.step()
+            losses.append(loss.item())
+        return losses, [p.numpy() for p in model.parameters()]
+
+    expected = train_two_steps()
+    monkeypatch.setattr(kernels, "_on_gpu", lambda a: True)
+    monkeypatch.setattr(kernels, "adam_step", lambda *a, **kw: fused_calls.append("adam_step") or adam_step(*a, **kw))
+    actual = train_two_steps()
+    assert fused_calls.count("adam_step") == 2                    # one launch per step for all the weights
+    assert set(fused_calls) >= {"softmax_forward", "softmax_backward", "layer_norm_forward", "layer_norm_backward",
+                                "cross_entropy_forward", "cross_entropy_backward", "dropout_forward"}
+    np.testing.assert_allclose(actual[0], expected[0], rtol=1e-10)
+    for a, e in zip(actual[1], expected[1]):
+        np.testing.assert_allclose(a, e, rtol=1e-9, atol=1e-12)
