@@ -97,7 +97,7 @@ fi
 
 # ---------------------------------------------------------------------------- 3. the suite on the GPU
 export TX_DEVICE=$DEVICE
-step pytest "${LIMITS[0]}" $PY -m pytest -p no:cacheprovider -rfE "${TESTS[@]}"     # -q comes from pyproject
+step pytest "${LIMITS[0]}" $PY -m pytest -p no:cacheprovider -rfE --durations=10 "${TESTS[@]}"   # -q: pyproject
 unset TX_DEVICE
 echo "pytest summary: $(grep -E '(passed|failed|error)' "$OUT/pytest.txt" | tail -1)" | tee -a "$OUT/summary.md"
 
