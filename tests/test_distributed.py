@@ -58,6 +58,19 @@ def test_import_tinygrad_tx_does_not_import_mpi4py():
     assert result.stdout.strip() == "False"
 
 
+def test_launched_by_mpirun_without_mpi4py_says_how_to_install_it(tmp_path):
+    broken = tmp_path / "site" / "mpi4py"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('libmpi.so.40: cannot open shared object file')\n")
+    env = {**os.environ, "OMPI_COMM_WORLD_SIZE": "2", "PYTHONPATH": str(tmp_path / "site")}
+    result = subprocess.run([sys.executable, "-m", "tinygrad_tx", "train", "--task", "copy", "--out",
+                             str(tmp_path / "run"), "--steps", "1"], capture_output=True, text=True, env=env,
+                            timeout=120, check=False)
+    assert result.returncode == 1
+    assert "apt-get install openmpi-bin libopenmpi-dev" in result.stderr and "libmpi.so.40" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 # ---------------------------------------------------------------------------- mpirun -np 2
 def _mpi_missing():
     if shutil.which("mpirun") is None:

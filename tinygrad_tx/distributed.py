@@ -30,6 +30,7 @@ the GPU are staged through host memory: simple, and correct on any MPI, at the c
 from __future__ import annotations
 
 import os
+import time
 
 from . import backend
 from .tensor import Tensor
@@ -79,6 +80,11 @@ def init(mpi: bool | None = None) -> None:
         return
     use_mpi = launched_by_mpi() if mpi is None else mpi
     _world = _World(_import_mpi().COMM_WORLD if use_mpi else None)
+
+
+def is_initialized() -> bool:
+    """True once init() has run (rank(), world_size() and the collectives call it themselves)."""
+    return _world is not None
 
 
 def _get_world() -> _World:
@@ -151,11 +157,20 @@ def from_root(fn, root: int = 0):
             outcome = ("value", fn())
         except Exception as e:  # noqa: BLE001 (any error: handed to every rank and raised there)
             outcome = ("error", e)
+    _wait_for_all(world.comm)
     kind, value = world.comm.bcast(outcome, root=root)
     if kind == "error":
         value.raised_on_every_rank = True     # so that a caller can report it once, and need not abort
         raise value
     return value
+
+
+def _wait_for_all(comm, poll_seconds: float = 0.002) -> None:
+    """A barrier that sleeps while it waits. MPI's blocking calls spin on a core, which would take a
+    core from the rank that is working alone (validating, say) when ranks share one machine."""
+    request = comm.Ibarrier()
+    while not request.Test():
+        time.sleep(poll_seconds)
 
 
 def broadcast_object(obj, root: int = 0):

@@ -426,7 +426,7 @@ def main(argv=None) -> int:
 def _report_error(command: str, error: Exception) -> None:
     """Print the error once. Under mpirun, an error that only this rank met stops the whole job (the
     other ranks would otherwise wait for this one forever)."""
-    if dist.world_size() == 1:
+    if not dist.is_initialized() or dist.world_size() == 1:     # (an MPI that failed to start, too)
         print(f"tinygrad-tx {command}: error: {error}", file=sys.stderr)
     elif getattr(error, "raised_on_every_rank", False):     # every rank stops by itself
         if dist.rank() == 0:
