@@ -71,7 +71,45 @@ def check_from_root(rank):
     assert dist.gather_object(rank) == (list(range(dist.world_size())) if rank == 0 else None)
 
 
+def stop_on_sigusr1(train_tsv, valid_tsv, run_dir):
+    """Rank 0 sends SIGUSR1 to mpirun during step 3; mpirun forwards it to every rank, and the
+    ranks must stop together after one same step, with a checkpoint of it."""
+    import os
+    import signal
+
+    from tinygrad_tx.app.checkpoint import load_checkpoint
+    from tinygrad_tx.app.config import TrainConfig
+    from tinygrad_tx.app.train import Trainer, TrainingInterrupted
+
+    cfg = TrainConfig(task=None, data=train_tsv, valid=valid_tsv, batch_size=8, eval_every=1000,
+                      model={"d_model": 16, "n_heads": 2, "d_ff": 32, "n_layers": 1})
+    trainer = Trainer(cfg, run_dir, progress=False, log=lambda m: None)
+    original = trainer.train_step
+
+    def step(batch):
+        if trainer.state.step == 2 and dist.rank() == 0:
+            os.kill(os.getppid(), signal.SIGUSR1)          # as `kill -USR1 <pid of mpirun>` does
+        return original(batch)
+
+    trainer.train_step = step
+    try:
+        trainer.run(steps=10000)
+    except TrainingInterrupted:
+        pass
+    else:
+        raise AssertionError(f"rank {dist.rank()}: SIGUSR1 did not stop training")
+    steps = dist.gather_object(trainer.state.step)
+    if dist.rank() == 0:
+        assert steps[0] == steps[1] and 3 <= steps[0] < 100, steps
+        assert load_checkpoint(run_dir).step == steps[0]
+    print(f"rank {dist.rank()} ok", flush=True)
+
+
 def main():
+    import sys
+    if sys.argv[1:2] == ["stop"]:
+        stop_on_sigusr1(*sys.argv[2:5])
+        return
     dist.init()
     rank, size = dist.rank(), dist.world_size()
     assert size > 1, "run this under mpirun -np 2"

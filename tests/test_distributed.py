@@ -164,6 +164,14 @@ def test_two_ranks_train_the_same_weights_as_one_process(files, capsys):
     assert "exact_match" in json.loads(capsys.readouterr().out)
 
 
+@needs_mpi
+def test_sigusr1_to_mpirun_stops_every_rank_after_one_step_with_a_checkpoint(files):
+    result = mpirun([str(HERE / "distributed_worker.py"), "stop", files["train"], files["valid"],
+                     str(files["folder"] / "stopped")])
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert sorted(result.stdout.split("\n")[:-1]) == ["rank 0 ok", "rank 1 ok"]
+
+
 def read_run(run_dir):
     ckpt = load_checkpoint(str(run_dir))
     trainer = dict(ckpt.trainer)

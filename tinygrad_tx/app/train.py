@@ -60,17 +60,27 @@ class TrainerState:
 class _StopOnInterrupt:
     """The first Ctrl-C asks the loop to stop after the current step (which then checkpoints);
     a second one interrupts at once. The run directory stays valid either way: a checkpoint is
-    committed atomically (checkpoint.py)."""
+    committed atomically (checkpoint.py).
+
+    SIGUSR1 asks for the same stop. It is for mpirun, which ends every rank at once on Ctrl-C but
+    forwards SIGUSR1 to all of them: `kill -USR1 <mpirun's pid>` stops the job after the current step,
+    with a checkpoint."""
+
+    SIGNALS = ("SIGINT", "SIGUSR1")             # SIGUSR1 does not exist on Windows
 
     def __init__(self):
         self.requested = False
 
     def __enter__(self):
-        self.previous = None
-        try:
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:          # not the main thread: no handler, Ctrl-C behaves as usual
-            pass
+        self.previous = {}
+        for name in self.SIGNALS:
+            number = getattr(signal, name, None)
+            if number is None:
+                continue
+            try:
+                self.previous[number] = signal.signal(number, self._handle)
+            except ValueError:      # not the main thread: no handler, Ctrl-C behaves as usual
+                pass
         return self
 
     def _handle(self, signum, frame):
@@ -79,8 +89,8 @@ class _StopOnInterrupt:
         self.requested = True
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for number, previous in self.previous.items():
+            signal.signal(number, previous)
         return False
 
 
