@@ -45,6 +45,8 @@ def test_a_world_of_one_does_nothing():
 def test_bad_arguments_are_clear_errors():
     with pytest.raises(ValueError, match="all_reduce: unknown op 'avg'"):
         dist.all_reduce(np.zeros(2), op="avg")
+    with pytest.raises(ValueError, match="op 'mean' needs a floating-point array, got int64"):
+        dist.all_reduce(np.zeros(2, dtype=np.int64), op="mean")
     with pytest.raises(ValueError, match="weight must be >= 0"):
         dist.average_gradients(nn.Linear(2, 2), weight=-1)
 

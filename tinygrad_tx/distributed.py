@@ -127,6 +127,8 @@ def all_reduce(array, op: str = "sum"):
     if op not in REDUCE_OPS:
         raise ValueError(f"all_reduce: unknown op {op!r}; expected one of {', '.join(REDUCE_OPS)}")
     data = array.data if isinstance(array, Tensor) else array
+    if op == "mean" and not backend.is_floating(data.dtype):
+        raise ValueError(f"all_reduce: op 'mean' needs a floating-point array, got {data.dtype}")
     world = _get_world()
     if world.comm is None:
         return array
