@@ -41,6 +41,7 @@ _STYLE = {
     "grad_leaf": {"shape": "box", "style": "rounded,filled", "fillcolor": "#cfe3ff"},
     "seed": {"shape": "box", "style": "filled", "fillcolor": "#ffb380"},
 }
+_DERIVATIVE_FILL = "#ffd9b3"        # an op recorded by a create_graph backward (a gradient's graph)
 _CLUSTER_FILLS = ("#f4f7fb", "#e8eef7", "#dde6f3", "#d2ddee")
 
 
@@ -396,6 +397,9 @@ def label(v: _Vertex, names: dict, scopes: _Scopes, show_values: bool) -> str:
     obj = v.obj
     if v.kind == "op":
         detail = _op_detail(obj)
+        if obj.derivative_of:              # recorded by a create_graph backward: part of a gradient
+            detail = f"{detail}\n" if detail else ""
+            detail += f"in {obj.derivative_of}'s backward"
         return obj.op_name + (f"\n{detail}" if detail else "")
     if v.kind == "tensor":
         t = obj.out_ref() if obj.out_ref is not None else None
@@ -456,6 +460,8 @@ def vertex_attrs(v: _Vertex) -> dict:
         attrs.update(penwidth="2.5", color="#c0392b")
     if v.kind == "grad_op":
         attrs["tooltip"] = rule(v.obj)
+    if v.kind == "op" and v.obj.derivative_of:         # recorded by a create_graph backward
+        attrs["fillcolor"] = _DERIVATIVE_FILL
     return attrs
 
 
@@ -509,6 +515,10 @@ def draw_graph(root, *, backward: bool = False, depth: int | None = None, show_v
         rankdir: Graphviz layout direction: "TB" (top to bottom), "LR", "BT" or "RL".
         module: the Module that computed root: names its parameters by their dotted path and its
             clusters by class. Without it, parameters show their `.name` (Module.name_parameters()).
+
+    A gradient made with `create_graph=True` (`tx.grad(y, x, create_graph=True)`) has a graph of its
+    own: drawing it shows the ops its backward recorded, shaded and marked with the op whose backward
+    recorded them (the graphs of tanh's n-th derivatives grow as in DeZero).
 
     Returns:
         a graphviz.Digraph: shown inline in Jupyter; `.render(path, format="svg")`, `.pipe("png")`,
