@@ -12,6 +12,7 @@ critic's `loss.backward()` runs through it (a double backward through every Line
     python examples/gradient_penalty.py --steps 300 --out wgan_gp.png
 """
 import argparse
+import itertools
 import math
 
 import numpy as np
@@ -23,7 +24,7 @@ from tinygrad_tx.viz.plots import figure, save_figure
 
 def mlp(sizes):
     layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(nn.ReLU())

@@ -1,6 +1,7 @@
 """The higher-order examples run with short settings and write their pictures; the gradient penalty
 they train with matches torch's double backward."""
 import importlib.util
+import itertools
 import pathlib
 import shutil
 
@@ -30,7 +31,7 @@ def test_newton_cg_reaches_the_minimum_of_rosenbrock(tmp_path, capsys):
     values = load("newton_cg_rosenbrock").main(["--dim", "6", "--out", str(tmp_path / "newton.png")])
     assert values[0] == pytest.approx(5.0)                      # f(0) = n - 1
     assert values[-1] < 1e-12 and len(values) < 40              # Newton's fast finish, not gradient descent
-    assert all(b <= a for a, b in zip(values, values[1:]))     # the line search only descends
+    assert all(b <= a for a, b in itertools.pairwise(values))     # the line search only descends
     assert is_png(tmp_path / "newton.png")
     assert "Hessian-vector products" in capsys.readouterr().out
 
