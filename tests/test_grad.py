@@ -79,3 +79,33 @@ def test_nth_derivative_of_tanh_matches_its_closed_form():
     for k in range(6):
         (y,) = tx.grad(y.sum(), x, create_graph=True)
         np.testing.assert_allclose(y.numpy(), expected[k], rtol=1e-10, atol=1e-10)
+
+
+def test_first_order_grads_of_two_inputs_never_share_memory():
+    a = tx.Tensor([1.0, 2.0], requires_grad=True)
+    b = tx.Tensor([3.0, 4.0], requires_grad=True)
+    ga, gb = tx.grad((a + b).sum(), [a, b])        # Add hands the same array to both inputs
+    ga.data[0] = 100.0
+    assert gb.data[0] == 1.0
+
+
+def test_dropout_is_twice_differentiable_with_its_mask_held_fixed():
+    def f(a):
+        tx.manual_seed(3)                          # the same mask at every evaluation
+        return tx.functional.dropout(a * a * a, p=0.4)
+    x = tx.Tensor(np.random.default_rng(0).standard_normal((3, 4)), requires_grad=True)
+    assert tx.gradcheck(f, [x])
+    assert tx.gradgradcheck(f, [x])
+
+
+def test_a_diamond_and_a_long_chain_differentiate_twice():
+    x = tx.Tensor(np.array([0.7]), requires_grad=True)
+    y = x
+    for _ in range(2000):                          # iterative walks: no recursion limit
+        y = y * 1.0001
+    z = (y * y + y).sum()                          # y used twice: a diamond
+    (g,) = tx.grad(z, x, create_graph=True)
+    (h,) = tx.grad(g.sum(), x)
+    c = 1.0001 ** 2000
+    np.testing.assert_allclose(g.numpy(), [2 * c * c * 0.7 + c], rtol=1e-10)
+    np.testing.assert_allclose(h.numpy(), [2 * c * c], rtol=1e-10)

@@ -454,3 +454,27 @@ def test_every_file_the_package_writes_goes_through_the_atomic_writer():
                 if writes.search(line) and "/proc/self/clear_refs" not in line:
                     offenders.append(f"{os.path.relpath(path, root)}:{number}: {line.strip()}")
     assert offenders == []
+
+
+def test_explain_narrates_a_double_backward(capsys):
+    x = tx.Tensor([0.5, 1.0], requires_grad=True)
+    (g,) = tx.grad(x.tanh().sum(), x, create_graph=True)
+    text = tx.viz.explain(g.sum())
+    assert "recorded by Tanh's backward" in text
+    assert "differentiate a gradient" in text
+    assert "local rule           dX = G * (1 - Y^2)" in text          # then through Tanh itself
+    np.testing.assert_allclose(x.grad.numpy(), -2 * np.tanh([0.5, 1.0]) * (1 - np.tanh([0.5, 1.0]) ** 2), rtol=1e-6)
+
+
+def test_explain_with_create_graph_says_it_records(capsys):
+    x = tx.Tensor([0.5], requires_grad=True)
+    text = tx.viz.explain((x * x).sum(), create_graph=True)
+    assert "create_graph=True" in text and x.grad.grad_fn is not None
+
+
+def test_drawing_a_gradient_shades_what_a_backward_recorded():
+    x = tx.Tensor([1.0], requires_grad=True)
+    (g,) = tx.grad(x.tanh().sum(), x, create_graph=True)
+    source = tx.viz.draw_graph(g).source
+    assert "in Tanh's backward" in source and "#ffd9b3" in source
+    assert "backward" not in tx.viz.draw_graph(x.tanh()).source

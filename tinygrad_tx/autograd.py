@@ -495,7 +495,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph: bool | None = None, c
     if retain_graph is None:
         retain_graph = create_graph
     found = run_backward(outputs, grad_outputs, retain_graph, create_graph, targets=inputs, who="grad")
-    result = []
+    result, handed_out = [], set()
     for i, t in enumerate(inputs):
         g = found.get(id(t))
         if g is None:
@@ -505,8 +505,10 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph: bool | None = None, c
             result.append(None)
         elif isinstance(g, Tensor):
             result.append(g)
-        else:                        # a fresh array: never a view shared with another gradient
-            result.append(Tensor._make(g.copy() if g.base is not None else g, False, None))
+        else:                        # a fresh array: never a view, nor one shared with another input
+            shared = g.base is not None or id(g) in handed_out
+            handed_out.add(id(g))
+            result.append(Tensor._make(g.copy() if shared else g, False, None))
     return tuple(result)
 
 
