@@ -9,7 +9,8 @@ the CLI, the benchmark and the guide builder). `import tinygrad_tx` loads neithe
 """
 from . import backend
 from . import random
-from .tensor import Tensor, where, cat, stack, arange, zeros, ones, full, zeros_like, ones_like, full_like
+from .tensor import Tensor, where, cat, stack
+from .tensor import arange, zeros, ones, full, zeros_like, ones_like, full_like
 from .autograd import Function, no_grad, is_grad_enabled, grad
 from . import primitives
 from . import functional
@@ -33,9 +34,10 @@ def cuda_available() -> bool:
     return backend.cuda_available()
 
 
-__all__ = ["Tensor", "Function", "arange", "zeros", "ones", "full", "zeros_like", "ones_like", "full_like", "no_grad", "is_grad_enabled", "where", "cat", "stack", "manual_seed",
-           "gradcheck", "gradgradcheck", "grad", "vjp", "jvp", "hvp", "GradcheckError", "functional", "nn", "optim", "save", "load",
-           "primitives", "backend", "random",
+__all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "where", "cat", "stack", "manual_seed",
+           "arange", "zeros", "ones", "full", "zeros_like", "ones_like", "full_like",
+           "grad", "vjp", "jvp", "hvp", "gradcheck", "gradgradcheck", "GradcheckError",
+           "functional", "nn", "optim", "save", "load", "primitives", "backend", "random",
            "viz", "cuda_available", "distributed",
            "float32", "float64", "int64", "bool_"]
 __version__ = "0.1.0"
