@@ -115,7 +115,8 @@ def register_backward_hook(hook) -> RemovableHandle:
     """Call `hook(node, grad_output, input_grads)` after each node's backward, in every backward pass.
 
     `node` is the graph node (a Function), `grad_output` the gradient array it received and
-    `input_grads` the tuple of arrays (or None) it returned, one per forward argument. The hook only
+    `input_grads` the tuple of arrays (or None) it returned, one per forward argument (Tensors, in
+    a create_graph backward). The hook only
     watches: what it returns is ignored. Hooks run in the order they were registered.
     """
     if not callable(hook):
