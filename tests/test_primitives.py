@@ -246,6 +246,9 @@ def test_min_and_max_of_integers_and_bools_are_exact(values, dtype):
     t = torch.tensor(x)
     assert tx.Tensor(x).min().numpy() == t.min().numpy() and tx.Tensor(x).max().numpy() == t.max().numpy()
     assert tx.Tensor(x).min().dtype == x.dtype
+    y = x[::-1].copy()
+    assert np.array_equal(tx.Tensor(x).minimum(tx.Tensor(y)).numpy(), torch.minimum(t, torch.tensor(y)).numpy())
+    assert np.array_equal(tx.Tensor(x).maximum(tx.Tensor(y)).numpy(), torch.maximum(t, torch.tensor(y)).numpy())
 
 
 def test_cross_entropy_with_every_target_ignored_has_zero_gradients():

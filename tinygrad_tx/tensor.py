@@ -365,8 +365,11 @@ class Tensor:
         return fn.Maximum.apply(*self._promote(other))
 
     def minimum(self, other):
-        """Elementwise min: -maximum(-a, -b)."""
+        """Elementwise min: -maximum(-a, -b) for floats (exact, and ties share the gradient as torch);
+        integers and bools, which have no gradient and where -x wraps around, take xp.minimum."""
         a, b = self._promote(other)
+        if not backend.is_floating(a.dtype):
+            return Tensor._make(backend.as_array(self.xp.minimum(a.data, b.data)), False, None)
         return -fn.Maximum.apply(-a, -b)
 
     def clip(self, min=None, max=None):

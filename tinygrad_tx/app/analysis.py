@@ -10,7 +10,6 @@ tinygrad_tx/app/figures.py the pictures).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -24,7 +23,7 @@ from tinygrad_tx.nn import Parameter
 from tinygrad_tx.viz import host_array
 
 from . import tasks
-from .checkpoint import has_checkpoint, load_model
+from .checkpoint import committed_step, has_checkpoint, load_model, read_metrics
 from .config import TrainConfig
 from .train import train
 from .translate import Translator
@@ -66,11 +65,8 @@ def _quick_config(folder: str):
 
 
 def _last_metrics(run_dir: str) -> dict:
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    """The metrics record of the run's committed checkpoint ({} when there is none)."""
+    records = read_metrics(run_dir, committed_step(run_dir))
     return records[-1] if records else {}
 
 

@@ -97,6 +97,11 @@ def has_checkpoint(run_dir: str) -> bool:
     return os.path.isfile(os.path.join(run_dir, POINTER))
 
 
+def committed_step(run_dir: str) -> int | None:
+    """The step of the run's committed checkpoint, or None when it has none."""
+    return _read_pointer(run_dir)["step"] if has_checkpoint(run_dir) else None
+
+
 def _is_temporary(name: str) -> bool:
     return name.startswith(".") and ".tmp" in name
 
