@@ -4,11 +4,12 @@ upstream gradients, on every backend."""
 import numpy as np
 import pytest
 import torch
+from conftest import to_host
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tinygrad_tx as tx
 from tinygrad_tx import functional as F
-
-from conftest import to_host
 
 
 def pos(shape):
@@ -303,3 +304,35 @@ def test_dropout_works_in_float16():
     assert y.dtype == np.float16
     kept = y.numpy() != 0
     assert 0.6 < kept.mean() < 0.9 and np.allclose(y.numpy()[kept], 1 / 0.75, rtol=1e-3)
+
+
+@st.composite
+def _mixed_index(draw):
+    """A shape of 3 axes and an index mixing ints, slices and integer lists, torch-style."""
+    shape = tuple(draw(st.lists(st.integers(1, 4), min_size=3, max_size=3)))
+    parts = []
+    for n in shape:
+        kind = draw(st.sampled_from(["int", "slice", "list"]))
+        if kind == "int":
+            parts.append(draw(st.integers(-n, n - 1)))
+        elif kind == "slice":
+            parts.append(slice(draw(st.integers(0, n - 1)), None))
+        else:
+            parts.append(draw(st.lists(st.integers(0, n - 1), min_size=2, max_size=2)))
+    return shape, tuple(parts)
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=_mixed_index())
+def test_mixed_indexing_matches_torch_forward_and_backward(case):
+    shape, index = case
+    data = np.arange(np.prod(shape), dtype=np.float64).reshape(shape)
+    x = tx.Tensor(data, requires_grad=True)
+    xt = torch.tensor(data, requires_grad=True)
+    y, yt = x[index], xt[index]
+    assert y.shape == tuple(yt.shape), (shape, index)
+    np.testing.assert_array_equal(y.numpy(), yt.detach().numpy())
+    weights = np.arange(1, y.numpy().size + 1, dtype=np.float64).reshape(y.shape)
+    (y * tx.Tensor(weights)).sum().backward()
+    (yt * torch.tensor(weights)).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), xt.grad.numpy())
