@@ -9,7 +9,7 @@ its input, at random points x^ between real and generated samples:
 to D's weights: `tx.grad(..., create_graph=True)` records that first backward as a graph, so the
 critic's `loss.backward()` runs through it (a double backward through every Linear and ReLU).
 
-    python examples/gradient_penalty.py --steps 300 --out wgan_gp.png
+    python examples/gradient_penalty.py --steps 1000 --out wgan_gp.png
 """
 import argparse
 import itertools
@@ -20,6 +20,9 @@ import numpy as np
 import tinygrad_tx as tx
 from tinygrad_tx import nn
 from tinygrad_tx.viz.plots import figure, save_figure
+
+
+LR = 1e-4                # Adam, betas (0.5, 0.9): the WGAN-GP paper's settings but for beta1
 
 
 def mlp(sizes):
@@ -52,8 +55,8 @@ def train(steps, seed=0, batch=64, n_critic=5, lam=10.0):
     tx.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gen, critic = mlp([2, 64, 64, 2]), mlp([2, 64, 64, 1])
-    opt_g = tx.optim.Adam(gen.parameters(), lr=1e-3, betas=(0.5, 0.9))
-    opt_d = tx.optim.Adam(critic.parameters(), lr=1e-3, betas=(0.5, 0.9))
+    opt_g = tx.optim.Adam(gen.parameters(), lr=LR, betas=(0.5, 0.9))
+    opt_d = tx.optim.Adam(critic.parameters(), lr=LR, betas=(0.5, 0.9))
     curves = {"wasserstein": [], "penalty": [], "grad_norm": []}
     for _ in range(steps):
         for _ in range(n_critic):
@@ -81,7 +84,7 @@ def train(steps, seed=0, batch=64, n_critic=5, lam=10.0):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300, help="generator steps (default 300)")
+    parser.add_argument("--steps", type=int, default=1000, help="generator steps (default 1000, about 20 s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="wgan_gp.png", help="where to write the loss curves and samples")
     args = parser.parse_args(argv)
@@ -102,6 +105,8 @@ def main(argv=None):
     real = real_batch(np.random.default_rng(1), 512)
     ax3.scatter(real[:, 0], real[:, 1], s=2, label="real", alpha=0.5)
     ax3.scatter(samples[:, 0], samples[:, 1], s=2, label="generated", alpha=0.5)
+    ax3.set_xlim(-3, 3)
+    ax3.set_ylim(-3, 3)
     ax3.set_aspect("equal")
     ax3.legend(fontsize=7, markerscale=4)
     print("wrote", save_figure(fig, args.out))
