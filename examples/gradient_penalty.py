@@ -21,7 +21,6 @@ import tinygrad_tx as tx
 from tinygrad_tx import nn
 from tinygrad_tx.viz.plots import figure, save_figure
 
-
 LR = 1e-4                # Adam, betas (0.5, 0.9): the WGAN-GP paper's settings but for beta1
 
 
