@@ -87,6 +87,8 @@ TABLE = [
     ("masked_fill", lambda a, m: a.masked_fill(m, 5.0), lambda a, m: a.masked_fill(m, 5.0), [(2, 3, 4), mask((3, 1))]),
     # nn functions
     ("linear", lambda x, w, b: F.linear(x, w, b), torch.nn.functional.linear, [(2, 3, 4), (5, 4), (5,)]),
+    ("linear_no_bias", lambda x, w: F.linear(x, w), torch.nn.functional.linear, [(2, 3, 4), (5, 4)]),
+    ("linear_vector", lambda x, w, b: F.linear(x, w, b), torch.nn.functional.linear, [(4,), (5, 4), (5,)]),
     ("layer_norm", lambda x, w, b: F.layer_norm(x, w, b),
      lambda x, w, b: torch.nn.functional.layer_norm(x, (x.shape[-1],), w, b), [(2, 3, 6), (6,), (6,)]),
     ("embedding", lambda i, w: F.embedding(i, w), lambda i, w: torch.nn.functional.embedding(i, w),

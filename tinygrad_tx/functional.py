@@ -22,11 +22,10 @@ def relu(x: Tensor) -> Tensor:
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """x @ weight.T + bias, with weight of shape (out_features, in_features) as in torch."""
-    if x.shape[-1] != weight.shape[-1]:
-        raise ValueError(f"linear: input has {x.shape[-1]} features (shape {x.shape}) but weight "
-                         f"{weight.shape} expects {weight.shape[-1]}")
-    y = x @ weight.transpose(0, 1)
-    return y if bias is None else y + bias
+    if x.shape[-1:] != weight.shape[-1:]:
+        raise ValueError(f"linear: input has {x.shape[-1] if x.ndim else 0} features (shape {x.shape}) but "
+                         f"weight {weight.shape} expects {weight.shape[-1]}")
+    return fn.Linear.apply(x, weight, bias)
 
 
 def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5) -> Tensor:

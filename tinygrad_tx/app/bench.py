@@ -294,11 +294,20 @@ def main(argv=None):
     p.add_argument("--no-decode", action="store_true", help="skip the greedy-decoding benchmark")
     p.add_argument("--smoke", action="store_true", help="quick check for CI: small config, 2 steps")
     p.add_argument("--json", default="benchmarks/results.json", help="where to write the JSON results")
+    p.add_argument("--profile", nargs="+", metavar="CONFIG", choices=sorted(CONFIGS),
+                   help="instead of the comparison: profile a training step of each CONFIG per primitive and "
+                        "with cProfile, and write the markdown to --profile-out")
+    p.add_argument("--profile-out", default="benchmarks/profile.md")
     p.add_argument("--memory-child", nargs=3, metavar=("FRAMEWORK", "CONFIG", "STEPS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.memory_child:
         framework, config, steps = args.memory_child
         return peak_memory_child(framework, config, int(steps))
+    if args.profile:
+        from .profiler import write_report
+        command = "tinygrad-tx bench " + " ".join(argv if argv is not None else sys.argv[1:])
+        print(write_report(args.profile, args.profile_out, command=command))
+        return None
     try:
         import torch  # noqa: F401
     except ImportError:
