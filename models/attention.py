@@ -3,7 +3,8 @@
     Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V
     MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W^O,   head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V)
 
-Built only from tinygrad_tx's public API: matmul, masked_fill, softmax, dropout, reshape, transpose.
+Built only from tinygrad_tx's public API: linear, cat, slicing, matmul, masked_fill, softmax, dropout,
+reshape, transpose.
 """
 from __future__ import annotations
 
@@ -30,8 +31,10 @@ def scaled_dot_product_attention(q, k, v, mask=None, dropout_p=0.0, training=Fal
         (output (..., Tq, d_v), weights (..., Tq, Tk)).
     """
     d_k = q.shape[-1]
-    # 1. Similarity of every query with every key, scaled so the softmax does not saturate.
-    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(d_k))    # (..., Tq, Tk)
+    # 1. Similarity of every query with every key, scaled so the softmax does not saturate (the
+    #    queries are scaled rather than the scores: (q / sqrt(d_k)) k^T is the same, and q is the
+    #    smaller array once Tk > d_k).
+    scores = (q * (1.0 / math.sqrt(d_k))) @ k.transpose(-2, -1)    # (..., Tq, Tk)
     # 2. Positions a query may not see (padding, the future) get no weight.
     if mask is not None:
         if not isinstance(mask, tx.Tensor):
@@ -81,6 +84,12 @@ class MultiHeadAttention(nn.Module):
     The same module does self-attention (query = key = value = x) and cross-attention (queries from
     the decoder, keys and values from the encoder output). The last attention weights are kept in
     `.attn`, shape (B, n_heads, Tq, Tk), detached from the graph, for pictures.
+
+    W^Q, W^K and W^V are three Linear modules (so checkpoints name them `q_proj`, `k_proj`,
+    `v_proj`), but when their inputs are the same tensor they run as one product: self-attention
+    stacks the three weights into one (3 d_model, d_model) matrix, cross-attention stacks W^K and
+    W^V. One large GEMM instead of three smaller ones, and one gradient for the shared input instead
+    of three to add up.
     """
 
     def __init__(self, d_model, n_heads, dropout=0.0, bias=True):
@@ -100,6 +109,16 @@ class MultiHeadAttention(nn.Module):
         x = x.reshape(B, T, self.n_heads, self.d_k)                # (B, T, n_heads, d_k)
         return x.transpose(1, 2)                                   # (B, n_heads, T, d_k)
 
+    def _project(self, x, projections):
+        """x through several Linear modules as one GEMM: their weights stacked along the output axis."""
+        weight = tx.cat([p.weight for p in projections], axis=0)    # (n * d_model, d_model)
+        bias = None
+        if projections[0].bias is not None:
+            bias = tx.cat([p.bias for p in projections], axis=0)    # (n * d_model,)
+        stacked = F.linear(x, weight, bias)                         # (B, T, n * d_model)
+        d = self.d_model
+        return [stacked[..., i * d:(i + 1) * d] for i in range(len(projections))]   # n x (B, T, d_model)
+
     def forward(self, query, key, value, mask=None, cache=None):
         """
         Args:
@@ -114,15 +133,22 @@ class MultiHeadAttention(nn.Module):
             (B, Tq, d_model).
         """
         B, Tq, _ = query.shape
-        # 1. Project the queries, keys and values, and split d_model into n_heads subspaces.
-        q = self._split_heads(self.q_proj(query))                  # (B, n_heads, Tq, d_k)
+        # 1. Project the queries, keys and values (one GEMM for those that share an input), and
+        #    split d_model into n_heads subspaces.
         if cache is not None and not cache.grow and cache.k is not None:
-            k, v = cache.k, cache.v                                # (B, n_heads, Tk, d_k)
+            q, k, v = self.q_proj(query), cache.k, cache.v         # k, v: (B, n_heads, Tk, d_k)
         else:
-            k = self._split_heads(self.k_proj(key))                # (B, n_heads, Tk, d_k)
-            v = self._split_heads(self.v_proj(value))              # (B, n_heads, Tk, d_k)
+            if query is key and key is value:
+                q, k, v = self._project(query, [self.q_proj, self.k_proj, self.v_proj])
+            elif key is value:
+                q = self.q_proj(query)
+                k, v = self._project(key, [self.k_proj, self.v_proj])
+            else:
+                q, k, v = self.q_proj(query), self.k_proj(key), self.v_proj(value)
+            k, v = self._split_heads(k), self._split_heads(v)      # (B, n_heads, Tk, d_k)
             if cache is not None:
                 k, v = cache.update(k, v)                          # (B, n_heads, T_cached + Tk, d_k)
+        q = self._split_heads(q)                                   # (B, n_heads, Tq, d_k)
         # 2. Attention in every head at once (the heads are a batch axis).
         x, weights = scaled_dot_product_attention(q, k, v, mask, self.dropout, self.training)
         self.attn = weights.detach()                               # (B, n_heads, Tq, Tk)

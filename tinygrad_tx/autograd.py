@@ -354,10 +354,18 @@ def run_backward(roots, grads, retain_graph: bool = False, create_graph: bool = 
                 target_nodes.setdefault(t._ctx, []).append(t)
 
     grads_of: dict = {}
+    summed = set()      # ids of array sums this walk made and alone holds: safe to add into in place
 
     def send(key, g):
         prev = grads_of.get(key)
-        grads_of[key] = g if prev is None else prev + g
+        if prev is None:
+            grads_of[key] = g
+        elif id(prev) in summed and prev.dtype == backend.array_module(prev).result_type(prev, g):
+            prev += g       # a third or later contribution (a node read by q, k and v): no new array
+        else:
+            grads_of[key] = total = prev + g
+            if not create_graph:
+                summed.add(id(total))
 
     for root, g in starts:
         if root._ctx is not None:
@@ -387,6 +395,7 @@ def run_backward(roots, grads, retain_graph: bool = False, create_graph: bool = 
             g = grads_of.pop(node, None)
             if g is None:
                 continue
+            summed.discard(id(g))    # from here on g may be handed out (Add returns it to both inputs)
             if targets is not None:
                 for t in target_nodes.get(node, ()):
                     found[id(t)] = g

@@ -695,6 +695,15 @@ def _rows_matmul(a, b):
     return (a.reshape(-1, a.shape[-1]) @ b).reshape(*a.shape[:-1], b.shape[-1])
 
 
+def _add_into(y, b):
+    """y + b written into y (a new array of the forward's own, so no one else sees it), unless b's wider
+    dtype would promote the sum: then a new array, as NumPy would give."""
+    if y.dtype != backend.array_module(y).result_type(y, b):
+        return y + b
+    y += b
+    return y
+
+
 class Linear(Function):
     # y = x W^T + b,  x (..., in), W (out, in), b (out,)
     # dx = g W,   dW = g^T x,   db = sum of g     (dW and db summed over every leading axis of x)
@@ -715,13 +724,9 @@ class Linear(Function):
             raise ValueError(f"bias has shape {tuple(bias.shape)} but weight {tuple(weight.shape)} "
                              f"has {weight.shape[0]} output features")
         ctx.save_for_backward(x, weight)
-        xp = backend.array_module(x)
         y = x.reshape(-1, x.shape[-1]) @ weight.T                  # (rows, out)
         if bias is not None:
-            if y.dtype == xp.result_type(y, bias):
-                y += bias
-            else:
-                y = y + bias                                       # a wider bias promotes, as torch
+            y = _add_into(y, bias)
         return y.reshape(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
@@ -748,8 +753,9 @@ class Softmax(Function):
     @staticmethod
     def forward(ctx, x, axis):
         xp = backend.array_module(x)
-        e = xp.exp(x - x.max(axis=axis, keepdims=True))
-        y = e / e.sum(axis=axis, keepdims=True)
+        y = x - x.max(axis=axis, keepdims=True)                  # one new array, then in place
+        xp.exp(y, out=y)
+        y /= y.sum(axis=axis, keepdims=True)
         ctx.save_for_backward(y)
         ctx.axis = axis
         return y
@@ -893,8 +899,12 @@ class LayerNorm(Function):
         ctx.eps = eps
         xhat, rstd = _standardize(x, eps)
         ctx.save_for_backward(xhat, rstd, weight, x)
-        y = xhat if weight is None else xhat * weight
-        return y if bias is None else y + bias
+        if weight is None:
+            return xhat if bias is None else xhat + bias
+        y = xhat * weight
+        if bias is not None:
+            y = _add_into(y, bias)
+        return y
 
     @staticmethod
     def backward(ctx, g):
@@ -1029,8 +1039,8 @@ class CrossEntropy(Function):
         x, t, valid = _cross_entropy_rows(ctx, logits, target, ignore_index, reduction)
         xp = backend.array_module(x)
         C = x.shape[1]
-        shifted = x - x.max(axis=1, keepdims=True)
-        logp = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+        logp = x - x.max(axis=1, keepdims=True)                  # shifted, then normalised in place
+        logp -= xp.log(xp.exp(logp).sum(axis=1, keepdims=True))
         loss = -logp[xp.arange(x.shape[0]), t]
         if label_smoothing > 0:
             loss = (1 - label_smoothing) * loss - (label_smoothing / C) * logp.sum(axis=1)
