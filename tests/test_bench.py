@@ -43,3 +43,20 @@ def test_smoke_run_prints_a_table_and_writes_json(tmp_path, capsys):
     assert json.loads(out.read_text())["rows"][0]["config"]["name"] == "small"
     table = capsys.readouterr().out
     assert "| small |" in table and "GFLOP/s" in table
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_length_table_keeps_tokens_per_step_and_compares_time_and_memory(tmp_path, capsys):
+    result = bench.main(["--seq", "6", "12", "--seq-config", "small", "--steps", "1", "--warmup", "1",
+                         "--json", str(tmp_path / "bench.json")])
+    assert result["rows"] == []                        # --seq alone runs only the length table
+    short, long = result["length_rows"]
+    small = bench.CONFIGS["small"]
+    for row, seq in ((short, 6), (long, 12)):
+        assert row["config"]["seq"] == seq
+        assert row["config"]["batch"] * seq == small.batch * small.seq
+        assert row["ratio"] == pytest.approx(row["tx_ms"] / row["torch_ms"])
+        assert row["memory_ratio"] == pytest.approx(row["tx_peak_mb"] / row["torch_peak_mb"])
+        assert row["decode_cached_tokens_per_s"] > 0
+    table = capsys.readouterr().out
+    assert "| 6 | 256 |" in table and "| 12 | 128 |" in table

@@ -12,6 +12,11 @@ cross-entropy, random token batches with padding):
 - model FLOP utilisation: 3 x forward matmul FLOPs per step / step time, against the float32 GEMM
   rate NumPy reaches in the same run;
 - greedy decoding of 64 sentences with and without the key/value cache.
+
+With `--seq 32 64 128 256` it also runs the `base` model at each source and target length, the batch
+shrinking so that tokens per step stay constant (64 x 32 = 2048), so the table shows how attention's
+T^2 cost grows in each framework: step time, peak step memory, their ratios, and greedy decoding
+tokens/s with the cache (a batch of as many sentences as the training batch, max_len = the length).
 """
 from __future__ import annotations
 
@@ -191,13 +196,13 @@ def peak_above_steady(step, steps: int) -> tuple[int, int]:
     return (peak - before) * 1024, before * 1024
 
 
-def peak_memory_child(framework: str, config: str, steps: int) -> None:
+def peak_memory_child(framework: str, config_json: str, steps: int) -> None:
     """In a fresh process: how far training steps raise resident memory above the steady state.
 
     One warm-up step first (it allocates the optimizer state, the gradients and the BLAS thread
     buffers, which stay), then `peak_above_steady` over the next steps.
     """
-    c = CONFIGS[config]
+    c = BenchConfig(**json.loads(config_json))
     setup = tx_setup if framework == "tinygrad_tx" else torch_setup
     _, step = setup(c)
     step()
@@ -205,14 +210,17 @@ def peak_memory_child(framework: str, config: str, steps: int) -> None:
     print(json.dumps({"peak_step_bytes": peak, "steady_bytes": steady}))
 
 
-def peak_memory(framework: str, config: str, steps: int = 2) -> int:
-    child = [sys.executable, "-m", "tinygrad_tx.app.bench", "--memory-child", framework, config, str(steps)]
-    out = subprocess.run(child, capture_output=True, text=True, check=True)
+def peak_memory(framework: str, c: BenchConfig, steps: int = 2) -> int:
+    out = subprocess.run([sys.executable, "-m", "tinygrad_tx.app.bench", "--memory-child", framework,
+                          json.dumps(asdict(c)), str(steps)], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_step_bytes"]
 
 
-def time_decoding(c: BenchConfig, sentences=64, max_len=None, repeats=3):
-    """Greedy decoding of `sentences` sources with and without the key/value cache (seconds, median)."""
+def time_decoding(c: BenchConfig, sentences=64, max_len=None, repeats=3, uncached=True):
+    """Greedy decoding of `sentences` sources with and without the key/value cache (seconds, median).
+
+    Returns (cached seconds, uncached seconds, whether both gave the same tokens); with uncached=False
+    only the cached run is made and the last two are None."""
     from tinygrad_tx.models.decoding import greedy_decode
 
     import tinygrad_tx as tx
@@ -221,7 +229,7 @@ def time_decoding(c: BenchConfig, sentences=64, max_len=None, repeats=3):
     src = tx.Tensor(make_batch(replace(c, batch=sentences), seed=1)[0])
     max_len = max_len or c.seq
     results = {}
-    for use_cache in (True, False):
+    for use_cache in (True, False) if uncached else (True,):
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -229,12 +237,38 @@ def time_decoding(c: BenchConfig, sentences=64, max_len=None, repeats=3):
             out = greedy_decode(model, src, max_len=max_len, bos_id=BOS, eos_id=-1, use_cache=use_cache)
             times.append(time.perf_counter() - t0)
         results["cached" if use_cache else "uncached"] = (statistics.median(times), out.numpy())
+    if not uncached:
+        return results["cached"][0], None, None
     same = bool((results["cached"][1] == results["uncached"][1]).all())
     return results["cached"][0], results["uncached"][0], same
 
 
+def length_scaling(lengths, steps, warmup, config="base", memory=True, decode=True):
+    """`config` at each source/target length, with batch * length held at the config's tokens per step."""
+    base = CONFIGS[config]
+    tokens = base.batch * base.seq
+    rows = []
+    for seq in lengths:
+        c = replace(base, name=f"{config}@{seq}", seq=seq, batch=max(1, tokens // seq))
+        tx_times, torch_times = time_training(c, steps, warmup)
+        tx_ms, torch_ms = 1e3 * statistics.median(tx_times), 1e3 * statistics.median(torch_times)
+        row = {"config": asdict(c), "steps": steps, "tx_ms": tx_ms, "torch_ms": torch_ms, "ratio": tx_ms / torch_ms}
+        if memory:
+            row["tx_peak_mb"] = peak_memory("tinygrad_tx", c) / 2 ** 20
+            row["torch_peak_mb"] = peak_memory("torch", c) / 2 ** 20
+            row["memory_ratio"] = row["tx_peak_mb"] / max(row["torch_peak_mb"], 1e-9)
+        if decode:
+            cached_s = time_decoding(c, sentences=c.batch, repeats=1, uncached=False)[0]
+            row["decode_cached_tokens_per_s"] = c.batch * seq / cached_s
+        rows.append(row)
+        print(f"  seq {seq} (batch {c.batch}): tinygrad_tx {tx_ms:.1f} ms, torch {torch_ms:.1f} ms, "
+              f"ratio {tx_ms / torch_ms:.2f}", file=sys.stderr, flush=True)
+    return rows
+
+
 def run(configs, steps, warmup, memory=True, decode=True, decode_repeats=3):
     gflops = gemm_gflops()
+    load = load_average()
     rows = []
     for name in configs:
         c = CONFIGS[name]
@@ -247,8 +281,8 @@ def run(configs, steps, warmup, memory=True, decode=True, decode_repeats=3):
                "step_gflop": step_flops / 1e9, "tx_mfu": step_flops / (tx_ms / 1e3) / (gflops * 1e9),
                "torch_mfu": step_flops / (torch_ms / 1e3) / (gflops * 1e9)}
         if memory:
-            row["tx_peak_mb"] = peak_memory("tinygrad_tx", name) / 2 ** 20
-            row["torch_peak_mb"] = peak_memory("torch", name) / 2 ** 20
+            row["tx_peak_mb"] = peak_memory("tinygrad_tx", c) / 2 ** 20
+            row["torch_peak_mb"] = peak_memory("torch", c) / 2 ** 20
         if decode:
             cached, uncached, same = time_decoding(c, repeats=decode_repeats)
             row.update(decode_cached_s=cached, decode_uncached_s=uncached, decode_speedup=uncached / cached,
@@ -256,7 +290,17 @@ def run(configs, steps, warmup, memory=True, decode=True, decode_repeats=3):
         rows.append(row)
         print(f"  {name}: tinygrad_tx {tx_ms:.1f} ms, torch {torch_ms:.1f} ms, ratio {tx_ms / torch_ms:.2f}",
               file=sys.stderr, flush=True)
-    return {"gemm_gflops": gflops, "machine": machine_description(), "rows": rows}
+    return {"gemm_gflops": gflops, "machine": machine_description(), "load_average": [load, load_average()],
+            "rows": rows}
+
+
+def load_average() -> str:
+    """The 1-, 5- and 15-minute load averages, to print beside timings on a shared machine."""
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "unknown"
 
 
 def machine_description():
@@ -270,11 +314,13 @@ def machine_description():
 
 
 def markdown(result) -> str:
-    lines = [f"Machine: {result['machine']}; NumPy float32 GEMM {result['gemm_gflops']:.0f} GFLOP/s in this run.", "",
-             ("| config | tinygrad_tx ms/step | torch ms/step | ratio | tx tokens/s | torch tokens/s | tx MFU "
-              "| torch MFU "
-              "| tx peak MB | torch peak MB | greedy 64 cached s | uncached s | cache speed-up |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    load = result.get("load_average", ["?", "?"])
+    lines = [(f"Machine: {result['machine']}; NumPy float32 GEMM {result['gemm_gflops']:.0f} GFLOP/s in this run; "
+             f"load average {load[0]} at the start, {load[1]} at the end.")]
+    if result["rows"]:
+        lines += ["", ("| config | tinygrad_tx ms/step | torch ms/step | ratio | tx tokens/s | torch tokens/s | tx MFU "
+                  "| torch MFU | tx peak MB | torch peak MB | greedy 64 cached s | uncached s | cache speed-up |"),
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         mem = (f"{r['tx_peak_mb']:.0f} | {r['torch_peak_mb']:.0f}" if "tx_peak_mb" in r else "- | -")
         dec = (f"{r['decode_cached_s']:.2f} | {r['decode_uncached_s']:.2f} | {r['decode_speedup']:.2f}x"
@@ -282,12 +328,34 @@ def markdown(result) -> str:
         lines.append(f"| {r['config']['name']} | {r['tx_ms']:.1f} | {r['torch_ms']:.1f} | {r['ratio']:.2f} | "
                      f"{r['tx_tokens_per_s']:.0f} | {r['torch_tokens_per_s']:.0f} | {100 * r['tx_mfu']:.0f}% | "
                      f"{100 * r['torch_mfu']:.0f}% | {mem} | {dec} |")
+    if result.get("length_rows"):
+        lines += ["", length_markdown(result["length_rows"])]
+    return "\n".join(lines)
+
+
+def length_markdown(rows) -> str:
+    c = rows[0]["config"]
+    name = c["name"].split("@")[0]
+    lines = [f"`{name}` at each length, batch x length = {c['batch'] * c['seq']} tokens per step:", "",
+             ("| seq | batch | tinygrad_tx ms/step | torch ms/step | time ratio | tx peak MB | torch peak MB "
+             "| memory ratio | tx greedy tokens/s (cached) |"),
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        mem = (f"{r['tx_peak_mb']:.0f} | {r['torch_peak_mb']:.0f} | {r['memory_ratio']:.2f}"
+               if "tx_peak_mb" in r else "- | - | -")
+        dec = f"{r['decode_cached_tokens_per_s']:.0f}" if "decode_cached_tokens_per_s" in r else "-"
+        lines.append(f"| {r['config']['seq']} | {r['config']['batch']} | {r['tx_ms']:.1f} | {r['torch_ms']:.1f} | "
+                     f"{r['ratio']:.2f} | {mem} | {dec} |")
     return "\n".join(lines)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="tinygrad-tx bench", description=__doc__.split("\n")[0])
-    p.add_argument("--configs", nargs="+", default=["small", "base", "paper"], choices=sorted(CONFIGS))
+    p.add_argument("--configs", nargs="+", choices=sorted(CONFIGS),
+                   help="configurations to compare (default: small base paper, or none when --seq is given)")
+    p.add_argument("--seq", nargs="+", type=int, metavar="LENGTH",
+                   help="also run --seq-config at each source/target LENGTH, tokens per step held constant")
+    p.add_argument("--seq-config", default="base", choices=sorted(CONFIGS))
     p.add_argument("--steps", type=int, default=10, help="timed steps per framework (default 10)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
@@ -298,7 +366,7 @@ def main(argv=None):
                    help="instead of the comparison: profile a training step of each CONFIG per primitive and "
                         "with cProfile, and write the markdown to --profile-out")
     p.add_argument("--profile-out", default="benchmarks/profile.md")
-    p.add_argument("--memory-child", nargs=3, metavar=("FRAMEWORK", "CONFIG", "STEPS"), help=argparse.SUPPRESS)
+    p.add_argument("--memory-child", nargs=3, metavar=("FRAMEWORK", "CONFIG_JSON", "STEPS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.memory_child:
         framework, config, steps = args.memory_child
@@ -312,10 +380,18 @@ def main(argv=None):
         import torch  # noqa: F401
     except ImportError:
         raise SystemExit("tinygrad-tx bench compares against torch: pip install -e '.[test]' (torch==2.13.0)")
+    if args.seq and any(n < 1 for n in args.seq):
+        p.error(f"--seq: lengths must be positive, got {args.seq}")
+    if args.configs is None:
+        args.configs = [] if args.seq else ["small", "base", "paper"]
     if args.smoke:
         args.configs, args.steps, args.warmup = ["small"], 2, 1
     result = run(args.configs, args.steps, args.warmup, memory=not args.no_memory, decode=not args.no_decode,
                  decode_repeats=1 if args.smoke else 3)
+    if args.seq:
+        result["length_rows"] = length_scaling(args.seq, args.steps, args.warmup, args.seq_config,
+                                               memory=not args.no_memory, decode=not args.no_decode)
+        result["load_average"][1] = load_average()
     result["command"] = "tinygrad-tx bench " + " ".join(argv if argv is not None else sys.argv[1:])
     table = markdown(result)
     print(table)

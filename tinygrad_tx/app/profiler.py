@@ -27,8 +27,7 @@ from collections import defaultdict
 
 from tinygrad_tx.autograd import Function
 
-from .bench import CONFIGS, PAD, make_batch
-
+from .bench import CONFIGS, PAD, load_average, make_batch
 
 GEMM_PRIMITIVES = ("MatMul", "Linear")     # the primitives whose time is (almost all) matrix products
 
@@ -97,8 +96,9 @@ class PrimitiveTimer:
 
 # ---------------------------------------------------------------------------- one benchmark step, in phases
 def _setup(config, seed=0):
-    import tinygrad_tx as tx
     from tinygrad_tx.models.transformer import Transformer, TransformerConfig
+
+    import tinygrad_tx as tx
     c = CONFIGS[config]
     tx.manual_seed(seed)
     model = Transformer(TransformerConfig(src_vocab=c.vocab, tgt_vocab=c.vocab, d_model=c.d_model, n_heads=c.n_heads,
@@ -184,13 +184,13 @@ def _trim_pstats(text):
 def markdown(result) -> str:
     ph = result["phase_ms"]
     lines = [f"### `{result['config']}` ({CONFIGS[result['config']]})", "",
-             f"Median step {ph['step']:.0f} ms: forward {ph['forward']:.0f} ms, backward {ph['backward']:.0f} ms, "
+             (f"Median step {ph['step']:.0f} ms: forward {ph['forward']:.0f} ms, backward {ph['backward']:.0f} ms, "
              f"optimizer {ph['optimizer']:.0f} ms. GEMM (MatMul and Linear, forward and backward) is "
              f"**{100 * result['gemm_share']:.0f}%** of the step; all primitives together "
              f"{100 * result['primitive_share']:.0f}%, so the engine's own Python (graph recording, the "
-             f"backward walk, gradient accumulation) and the optimizer take the rest.", "",
-             "| primitive | calls/step | forward ms | backward ms | share of step | forward kept MB "
-             "| forward transient MB | backward kept MB | backward transient MB |",
+             f"backward walk, gradient accumulation) and the optimizer take the rest."), "",
+             ("| primitive | calls/step | forward ms | backward ms | share of step | forward kept MB "
+             "| forward transient MB | backward kept MB | backward transient MB |"),
              "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         lines.append(f"| {r['op']} | {r['calls']} | {r['forward_ms']:.1f} | {r['backward_ms']:.1f} | "
@@ -205,15 +205,6 @@ def run(configs, steps=3, warmup=1):
     return [profile_config(name, steps, warmup) for name in configs]
 
 
-def load_average() -> str:
-    """The 1-, 5- and 15-minute load averages, to print beside timings on a shared machine."""
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "unknown"
-
-
 def write_report(configs, path, steps=3, warmup=1, command="") -> str:
     """Profile `configs` and write the markdown report to `path` (atomically); return the text."""
     from tinygrad_tx.serialization import atomic_write_text
@@ -224,12 +215,12 @@ def write_report(configs, path, steps=3, warmup=1, command="") -> str:
     text = "\n".join([
         "# Where a training step's time goes", "",
         f"Made by `{command}`" if command else "", "",
-        f"Machine: {machine_description()}; load average {load_before} before and {load_average()} after "
-        "(the machine is shared with other jobs, so absolute times are noisy; shares are steadier).", "",
-        "Per-primitive times come from wrapping each primitive's forward and backward with a timer; memory "
+        (f"Machine: {machine_description()}; load average {load_before} before and {load_average()} after "
+        "(the machine is shared with other jobs, so absolute times are noisy; shares are steadier)."), "",
+        ("Per-primitive times come from wrapping each primitive's forward and backward with a timer; memory "
         "from a second step under tracemalloc: *kept* is what a call leaves allocated (outputs and saved "
         "arrays in forward, gradients in backward), *transient* the peak of its temporaries above that, "
-        "both summed over the step's calls.", "",
+        "both summed over the step's calls."), "",
         *(markdown(r) for r in results)])
     atomic_write_text(path, text)
     return text
