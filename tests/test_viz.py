@@ -172,17 +172,17 @@ def test_depth_folds_deeper_modules_into_boxes_with_their_shapes():
     full = parse(tx.viz.draw_graph(loss, module=net))
     nodes, edges, clusters = parse(tx.viz.draw_graph(loss, module=net, depth=1))
     boxes = sorted(label for label, _ in nodes.values() if label.startswith("blocks."))
-    # Net is level 0, blocks and head level 1, blocks.0 level 2: folded (Permute, MatMul, Add, ReLU)
-    assert boxes == ["blocks.0: Block\nin:  (3, 4)\nout: (3, 4)\n4 ops, 2 parameters (20 values)",
-                     "blocks.1: Block\nin:  (3, 4)\nout: (3, 4)\n4 ops, 2 parameters (20 values)"]
+    # Net is level 0, blocks and head level 1, blocks.0 level 2: folded (Linear, ReLU)
+    assert boxes == ["blocks.0: Block\nin:  (3, 4)\nout: (3, 4)\n2 ops, 2 parameters (20 values)",
+                     "blocks.1: Block\nin:  (3, 4)\nout: (3, 4)\n2 ops, 2 parameters (20 values)"]
     assert set(clusters) == {"cluster_Net", "cluster_blocks", "cluster_head"}
-    assert len(nodes) == len(full[0]) - 2 * (8 + 2) + 2            # a block: 4 ops, 4 tensors, 2 params
+    assert len(nodes) == len(full[0]) - 2 * (4 + 2) + 2            # a block: 2 ops, 2 tensors, 2 params
     box_id = {label.split(":")[0]: vid for vid, (label, _) in nodes.items()}
     assert (box_id["blocks.0"], box_id["blocks.1"], "(3, 4)") in edges
     top = [label for label, _ in parse(tx.viz.draw_graph(loss, module=net, depth=0))[0].values()]
     assert sorted(label for label in top if ":" in label) == [
-        "blocks: ModuleList\nin:  (3, 4)\nout: (3, 4)\n8 ops, 4 parameters (40 values)",
-        "head: Linear\nin:  (3, 4)\nout: (3, 2)\n3 ops, 2 parameters (10 values)"]
+        "blocks: ModuleList\nin:  (3, 4)\nout: (3, 4)\n4 ops, 4 parameters (40 values)",
+        "head: Linear\nin:  (3, 4)\nout: (3, 2)\n1 ops, 2 parameters (10 values)"]
 
 
 def test_a_folded_box_that_computes_the_root_lists_its_output_shape():
@@ -203,7 +203,7 @@ def test_labels_with_underscores_become_padded_tables_and_keep_their_text():
 
 def test_max_nodes_raises_a_clear_message_with_counts():
     net, loss = net_loss()
-    with pytest.raises(ValueError, match=r"has 3\d nodes .*more than max_nodes=10; pass depth=K .*nest 3 deep"):
+    with pytest.raises(ValueError, match=r"has 19 nodes .*more than max_nodes=10; pass depth=K .*nest 3 deep"):
         tx.viz.draw_graph(loss, module=net, max_nodes=10)
     assert len(parse(tx.viz.draw_graph(loss, module=net, depth=0, max_nodes=10))[0]) <= 10
 
@@ -384,7 +384,7 @@ def test_transformer_clusters_and_depth_two_fits_on_a_screen():
     nodes, _, clusters = parse(tx.viz.draw_graph(example.loss, module=example.module))
     assert clusters["cluster_decoder.layers.0.cross_attn"] == [
         "cluster_Transformer", "cluster_decoder", "cluster_decoder.layers", "cluster_decoder.layers.0"]
-    assert len(nodes) > 1500
+    assert len(nodes) > 1000                   # the full graph is far too big for a screen
     nodes, _, clusters = parse(tx.viz.draw_graph(example.loss, module=example.module, depth=2, max_nodes=80))
     boxes = [label for label, _ in nodes.values() if "Layer\nin:" in label]
     assert len(boxes) == 12 and "cluster_encoder.layers.0" not in clusters

@@ -209,11 +209,13 @@ picture(plot_heads(real, ex.src_tokens, ex.src_tokens, "encoder layer 0, head 0:
 #
 # One softmax gives one way of mixing the tokens. The paper runs n_heads attentions side by side, each
 # in its own d_k = d_model / n_heads dimensional subspace, and mixes their outputs with W^O. In the
-# code the heads are not a loop: one Linear projects all heads at once, a Reshape to
-# `(B, T, n_heads, d_k)` and a Permute to `(B, n_heads, T, d_k)` split them, the heads become a batch
-# axis of the same attention, and Permute + Reshape concatenate them back before `out_proj` (W^O).
-# The graph of `encoder.layers.0.self_attn` at `depth=0`, where each Linear is folded into one green
-# box that lists its input and output shapes:
+# code the heads are not a loop: one Linear projects all heads at once (in self-attention W^Q, W^K
+# and W^V are even stacked by a Cat into one matrix, so one product makes the queries, keys and
+# values, and three slices take them apart), a Reshape to `(B, T, n_heads, d_k)` and a Permute to
+# `(B, n_heads, T, d_k)` split them, the heads become a batch axis of the same attention, and
+# Permute + Reshape concatenate them back before `out_proj` (W^O). The graph of
+# `encoder.layers.0.self_attn` at `depth=0`, where `out_proj` is folded into one green box that lists
+# its input and output shapes:
 
 # %%
 c = model.config
