@@ -73,7 +73,7 @@ def test_the_data_matches_the_static_drawing(tmp_path):
     for v in forward["vertices"]:          # the same labels as draw_graph (quoted on one DOT line)
         assert v["label"].split("\n")[0] in source
     ops = [v for v in forward["vertices"] if v["kind"] == "op"]
-    assert {v["rows"][0][1] for v in ops} == {"MatMul", "Permute", "Add", "ReLU", "CrossEntropy"}
+    assert {v["rows"][0][1] for v in ops} == {"Linear", "ReLU", "CrossEntropy"}
     nodes = {node.op_name: node for node in graph_nodes([example.loss])}
     for v in ops:                          # the derivative text that explain prints
         assert dict(v["rows"])["derivative"] == rule(nodes[dict(v["rows"])["op"]])

@@ -360,6 +360,7 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--no-decode", action="store_true", help="skip the greedy-decoding benchmark")
+    p.add_argument("--decode-repeats", type=int, default=3, help="greedy decoding runs per setting (median)")
     p.add_argument("--smoke", action="store_true", help="quick check for CI: small config, 2 steps")
     p.add_argument("--json", default="benchmarks/results.json", help="where to write the JSON results")
     p.add_argument("--profile", nargs="+", metavar="CONFIG", choices=sorted(CONFIGS),
@@ -387,7 +388,7 @@ def main(argv=None):
     if args.smoke:
         args.configs, args.steps, args.warmup = ["small"], 2, 1
     result = run(args.configs, args.steps, args.warmup, memory=not args.no_memory, decode=not args.no_decode,
-                 decode_repeats=1 if args.smoke else 3)
+                 decode_repeats=1 if args.smoke else args.decode_repeats)
     if args.seq:
         result["length_rows"] = length_scaling(args.seq, args.steps, args.warmup, args.seq_config,
                                                memory=not args.no_memory, decode=not args.no_decode)
