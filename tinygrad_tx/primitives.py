@@ -715,6 +715,7 @@ class Linear(Function):
     # under a load average of 13 to 18, where every extra BLAS call and array costs the most).
     op = "linear"
     rule = "dX = G @ W, dW = G^T @ X, db = sum of G over the rows  (Y = X @ W^T + b)"
+    floating_inputs = (0,)
 
     @staticmethod
     def forward(ctx, x, weight, bias):
