@@ -60,3 +60,23 @@ def test_length_table_keeps_tokens_per_step_and_compares_time_and_memory(tmp_pat
         assert row["decode_cached_tokens_per_s"] > 0
     table = capsys.readouterr().out
     assert "| 6 | 256 |" in table and "| 12 | 128 |" in table
+
+
+def test_primitive_timer_counts_forward_and_backward_and_puts_the_methods_back():
+    import tracemalloc
+
+    import tinygrad_tx as tx
+    from tinygrad_tx import primitives
+    from tinygrad_tx.app.profiler import PrimitiveTimer
+    original = primitives.Mul.__dict__["forward"]
+    x = tx.Tensor(np.ones(1000, dtype=np.float32), requires_grad=True)
+    tracemalloc.start()
+    try:
+        with PrimitiveTimer(memory=True) as timer:
+            (x * x).sum().backward()
+    finally:
+        tracemalloc.stop()
+    mul = timer.stats["Mul"]
+    assert mul["forward"]["calls"] == 1 and mul["backward"]["calls"] == 1
+    assert mul["forward"]["seconds"] > 0 and mul["forward"]["kept_bytes"] >= 4000     # x * x: 1000 float32
+    assert primitives.Mul.__dict__["forward"] is original

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import cProfile
 import io
+import os
 import pstats
 import re
 import statistics
@@ -29,6 +30,7 @@ from tinygrad_tx.autograd import Function
 
 from .bench import CONFIGS, PAD, load_average, make_batch
 
+GENERATED = "## Generated"
 GEMM_PRIMITIVES = ("MatMul", "Linear")     # the primitives whose time is (almost all) matrix products
 
 
@@ -212,8 +214,13 @@ def write_report(configs, path, steps=3, warmup=1, command="") -> str:
     from .bench import machine_description
     load_before = load_average()
     results = run(configs, steps, warmup)
-    text = "\n".join([
-        "# Where a training step's time goes", "",
+    notes = "# Where a training step's time goes\n\n"
+    if os.path.exists(path):                # keep hand-written notes above a "## Generated" heading
+        with open(path, encoding="utf-8") as f:
+            old = f.read()
+        if GENERATED in old:
+            notes = old[:old.index(GENERATED) + len(GENERATED)] + "\n\n"
+    text = notes + "\n".join([
         f"Made by `{command}`" if command else "", "",
         (f"Machine: {machine_description()}; load average {load_before} before and {load_average()} after "
         "(the machine is shared with other jobs, so absolute times are noisy; shares are steadier)."), "",
