@@ -10,6 +10,7 @@ of the same 2 cores, one after another so that they share the machine's load at 
     1 rank  x 1 BLAS thread      mpirun -np 1, OPENBLAS_NUM_THREADS=1
     1 rank  x 2 BLAS threads     mpirun -np 1, OPENBLAS_NUM_THREADS=2
     2 ranks x 1 BLAS thread      mpirun -np 2, OPENBLAS_NUM_THREADS=1
+    the same, yielding           ... and OMPI_MCA_mpi_yield_when_idle=1
 
 and reports medians of steps/s (optimizer steps: one global batch each), tokens/s (target tokens of the
 global batch per second) and the share of rank 0's step time spent in the gradient allreduce (waiting
@@ -27,7 +28,9 @@ import sys
 import tempfile
 import time
 
-LAYOUTS = [(1, 1), (1, 2), (2, 1)]         # (ranks, BLAS threads per rank)
+# (ranks, BLAS threads per rank, waits that yield the core): Open MPI polls while it waits; with
+# mpi_yield_when_idle it calls sched_yield() between polls, for machines with more processes than cores.
+LAYOUTS = [(1, 1, False), (1, 2, False), (2, 1, False), (2, 1, True)]
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 RING_LINKS_GBIT = (10, 100)
 
@@ -62,7 +65,7 @@ def worker(args) -> None:
                           "allreduce_share": spent[0] / args.steps / step_seconds}), flush=True)
 
 
-def run_layout(ranks, threads, args, data) -> dict:
+def run_layout(ranks, threads, yielding, args, data) -> dict:
     out = tempfile.mkdtemp(prefix="tx-dist-bench-")
     command = ["mpirun", "-np", str(ranks), "--oversubscribe", "--bind-to", "none"]
     if os.geteuid() == 0:
@@ -71,6 +74,8 @@ def run_layout(ranks, threads, args, data) -> dict:
                 "--train", data["train"], "--valid", data["valid"], "--out", out, "--steps", str(args.steps),
                 "--warmup", str(args.warmup), "--batch-size", str(args.batch_size)]
     env = {**os.environ, **{name: str(threads) for name in THREAD_VARIABLES}}
+    if yielding:
+        env["OMPI_MCA_mpi_yield_when_idle"] = "1"
     try:
         result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     finally:
@@ -98,12 +103,13 @@ def measure(args) -> None:
         for _ in range(args.repeats):
             for layout in LAYOUTS:
                 runs[layout].append(run_layout(*layout, args, data))
-        base = statistics.median(r["steps_per_s"] for r in runs[(1, 1)])
-        for (ranks, threads), records in runs.items():
+        base = statistics.median(r["steps_per_s"] for r in runs[LAYOUTS[0]])
+        for (ranks, threads, yielding), records in runs.items():
             steps = statistics.median(r["steps_per_s"] for r in records)
             tokens = statistics.median(r["tokens_per_s"] for r in records)
             share = statistics.median(r["allreduce_share"] for r in records) if ranks > 1 else None
-            print(f"| {config} | {ranks} x {threads} | {steps:.2f} | {tokens:.0f} | {steps / base:.2f} | "
+            layout = f"{ranks} x {threads}" + (", yielding" if yielding else "")
+            print(f"| {config} | {layout} | {steps:.2f} | {tokens:.0f} | {steps / base:.2f} | "
                   f"{'-' if share is None else f'{100 * share:.0f}%'} | "
                   f"{', '.join(format(r['steps_per_s'], '.2f') for r in records)} |", flush=True)
     shutil.rmtree(folder, ignore_errors=True)
