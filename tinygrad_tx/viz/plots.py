@@ -120,5 +120,5 @@ def plot_positional_encoding(max_len: int, d_model: int, path) -> str:
     ax.set_xlabel("dimension j of the encoding  (j = 2i: sin, j = 2i+1: cos; both share the wavelength of pair i)")
     ax.set_ylabel("position pos")
     ax.set_title(f"Sinusoidal positional encoding, max_len={max_len}, d_model={d_model}")
-    fig.colorbar(image, ax=ax, label="PE[pos, i]")
+    fig.colorbar(image, ax=ax, label="PE[pos, j]")
     return save_figure(fig, path)
