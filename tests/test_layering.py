@@ -3,7 +3,7 @@
     backend -> tensor -> autograd -> primitives -> functional -> nn -> optim -> models -> application
 
 The engine's side modules sit between them where their imports put them: random (the generators)
-and kernels (GPU code, which autograd dispatches to) on the backend, serialization (files) on the tensor,
+threads (CPU worker threads) and kernels (GPU code, which autograd dispatches to) on the backend, serialization (files) on the tensor,
 transforms (vjp, jvp, hvp) on autograd,
 gradcheck and viz (drawing) on nn, distributed (MPI) beside optim. `tinygrad_tx/__init__.py` gathers the engine, so only models
 and the application may import the package itself. `tinygrad_tx/__main__.py` is the entry point
@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # A name ending in ".*" covers every module of that subpackage.
 LAYERS = [
     ("backend", ["tinygrad_tx.backend"]),
+    ("threads", ["tinygrad_tx.threads"]),
     ("random", ["tinygrad_tx.random"]),
     ("kernels", ["tinygrad_tx.kernels"]),
     ("tensor", ["tinygrad_tx.tensor"]),

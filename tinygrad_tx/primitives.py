@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import sys
 
-from . import backend, kernels, random, tensor
+from . import backend, kernels, random, tensor, threads
 from .autograd import Function
 from .tensor import Tensor
 
@@ -76,6 +76,21 @@ def sin(x):
 
 def cos(x):
     return Cos.apply(x) if isinstance(x, Tensor) else backend.array_module(x).cos(x)
+
+
+def matmul(a, b):
+    """a @ b; large stacks of matrices are split over the CPU's threads by their first axis (`in_threads`):
+    NumPy multiplies a stack one small matrix at a time, one BLAS call each, on one core."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor) or min(a.ndim, b.ndim) < 3:
+        return a @ b                            # (the first axis of a matrix is no batch axis)
+    return in_threads(backend.array_module(a).matmul, a, b)
+
+
+def multiply(a, b):
+    """a * b; two large arrays are multiplied by chunks on the CPU's threads (`in_threads`)."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return a * b
+    return in_threads(backend.array_module(a).multiply, a, b)
 
 
 def where(cond, a, b):
@@ -126,6 +141,30 @@ def flip(x, axis):
     index = [slice(None)] * x.ndim
     index[axis] = slice(None, None, -1)
     return x[tuple(index)]
+
+
+# =============================================================================== both CPU cores
+def in_threads(ufunc, *args, out=None):
+    """ufunc(*args, out=out) for a NumPy ufunc or np.matmul on arrays (and plain numbers). On the CPU,
+    when the arrays are large, their first axis is cut into chunks that several threads compute at
+    once (threads.py). The arrays must all have the result's number of axes and may broadcast as in
+    NumPy (a row maximum (n, 1) against rows (n, C); a mask (1, 1, T, T) against scores (B, h, T, T))."""
+    arrays = [a for a in args if backend.is_array(a)]
+    first = arrays[0]
+    if backend.device_of(first) != "cpu" or first.ndim == 0 or any(a.ndim != first.ndim for a in arrays):
+        return ufunc(*args) if out is None else ufunc(*args, out=out)
+    xp = backend.array_module(first)
+    n = max(a.shape[0] for a in arrays)
+    if out is None:       # the result's dtype and other axes, from the ufunc on empty slices
+        empty = ufunc(*[a[:0] if backend.is_array(a) else a for a in args])
+        out = xp.empty((n, *empty.shape[1:]), dtype=empty.dtype)
+
+    def chunk(start, stop):
+        part = [a[start:stop] if backend.is_array(a) and a.shape[0] != 1 else a for a in args]
+        ufunc(*part, out=out[start:stop])
+
+    threads.for_each_chunk(chunk, n, sum(a.nbytes for a in arrays) + out.nbytes)
+    return out
 
 
 # =============================================================================== row reductions
@@ -351,14 +390,14 @@ class ReLU(Function):
 
     @staticmethod
     def forward(ctx, x):
-        y = backend.array_module(x).maximum(x, 0)
-        ctx.save_for_backward(y)
-        return y
+        xp = backend.array_module(x)
+        ctx.save_for_backward(in_threads(xp.greater, x, 0))   # the mask: 1 byte per value
+        return in_threads(xp.maximum, x, 0)
 
     @staticmethod
     def backward(ctx, g):
-        (y,) = ctx.saved_tensors
-        return g * (value(y) > 0)
+        (positive,) = ctx.saved_tensors
+        return multiply(g, positive)
 
 
 class Abs(Function):
@@ -701,7 +740,7 @@ class MatMul(Function):
         ctx.save_for_backward(a, b)
         if b.ndim == 2 and a.ndim > 2:
             return _rows_matmul(a, b)
-        return a @ b
+        return matmul(a, b)
 
     @staticmethod
     def backward(ctx, g):
@@ -710,14 +749,14 @@ class MatMul(Function):
         shared_weight = b.ndim == 2 and a.ndim > 2     # (..., n, k) @ (k, m): x @ W in every layer
         if ctx.needs_input_grad[0]:
             bt = swap_last(b)
-            ga = _rows_matmul(g, bt) if shared_weight else unbroadcast(g @ bt, a.shape)
+            ga = _rows_matmul(g, bt) if shared_weight else unbroadcast(matmul(g, bt), a.shape)
         if ctx.needs_input_grad[1]:
             if shared_weight:
                 # Fold the batch axes into rows: one GEMM instead of a batched product followed by
                 # a sum over the batch (plain version: unbroadcast(A^T @ G, B.shape)).
                 gb = a.reshape(-1, a.shape[-1]).T @ g.reshape(-1, g.shape[-1])
             else:
-                gb = unbroadcast(swap_last(a) @ g, b.shape)
+                gb = unbroadcast(matmul(swap_last(a), g), b.shape)
         return ga, gb
 
 
@@ -787,9 +826,9 @@ class Softmax(Function):
     @staticmethod
     def forward(ctx, x, axis):
         xp = backend.array_module(x)
-        y = x - max_along(x, axis)                              # one new array, then in place
-        xp.exp(y, out=y)
-        y /= sum_along(y, axis)
+        y = in_threads(xp.subtract, x, max_along(x, axis))     # one new array, then in place
+        in_threads(xp.exp, y, out=y)
+        in_threads(xp.divide, y, sum_along(y, axis), out=y)
         ctx.save_for_backward(y)
         ctx.axis = axis
         return y
@@ -1090,18 +1129,18 @@ class CrossEntropy(Function):
         x, t, valid = _cross_entropy_rows(ctx, logits, target, ignore_index, reduction)
         xp = backend.array_module(x)
         rows, C = xp.arange(x.shape[0]), x.shape[1]
-        shifted = x - max_along(x, -1)                          # x - m: the one new (rows, C) array
+        shifted = in_threads(xp.subtract, x, max_along(x, -1))  # x - m: the one new (rows, C) array
         picked = shifted[rows, t]                               # x[t] - m
         if label_smoothing > 0:
             shifted_sum = sum_along(shifted, -1)[:, 0]          # sum_c (x[c] - m)
-        probs = xp.exp(shifted, out=shifted)                    # e^(x - m), in place
+        probs = in_threads(xp.exp, shifted, out=shifted)       # e^(x - m), in place
         sums = sum_along(probs, -1)                             # (rows, 1)
         log_sums = xp.log(sums[:, 0])
         loss = log_sums - picked                                # -lp[t]
         if label_smoothing > 0:                                 # sum_c lp[c] = shifted_sum - C log_sums
             loss = (1 - label_smoothing) * loss - (label_smoothing / C) * (shifted_sum - C * log_sums)
         loss = xp.where(valid, loss, xp.zeros((), dtype=loss.dtype))
-        probs /= sums                                           # softmax(x), kept for backward
+        in_threads(xp.divide, probs, sums, out=probs)          # softmax(x), kept for backward
         return _cross_entropy_reduce(ctx, loss, probs, t, valid, logits, target.shape, label_smoothing, reduction)
 
     @staticmethod
@@ -1115,9 +1154,9 @@ class CrossEntropy(Function):
             q[xp.arange(q.shape[0]), t] += 1 - s
             probs = Softmax.apply(logits.reshape(-1, C), 1)
             return ((probs - q) * weight.reshape(-1, 1)).reshape(ctx.shape), None, None, None, None
-        dx = probs - s / C                              # a new array: probs may be read again (retain_graph)
+        dx = in_threads(xp.subtract, probs, s / C)     # a new array: probs may be read again (retain_graph)
         dx[xp.arange(dx.shape[0]), t] -= 1 - s
-        dx *= weight.astype(dx.dtype, copy=False)[:, None]
+        in_threads(xp.multiply, dx, weight.astype(dx.dtype, copy=False)[:, None], out=dx)
         return dx.reshape(ctx.shape), None, None, None, None
 
     @staticmethod

@@ -1,0 +1,129 @@
+"""threads.py and the primitives that use it: work split over CPU threads gives the very same bits.
+
+The primitives switch to threads only for arrays of a few MB (threads.MIN_BYTES); the tests lower
+that threshold to 0 and ask for 3 threads, so that small arrays with awkward sizes (fewer rows than
+threads, rows that do not divide evenly) take the threaded path, and compare it with one thread.
+"""
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tinygrad_tx as tx
+from tinygrad_tx import functional as F
+from tinygrad_tx import primitives, threads
+
+
+@pytest.fixture
+def split_everything(monkeypatch):
+    monkeypatch.setattr(threads, "MIN_BYTES", 0)
+    monkeypatch.setenv("TX_NUM_THREADS", "3")
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 7, 100])
+@pytest.mark.parametrize("count", ["1", "2", "3", "5"])
+def test_chunks_cover_the_range_once_and_in_order(monkeypatch, n, count):
+    monkeypatch.setenv("TX_NUM_THREADS", count)
+    seen, lock = [], threading.Lock()
+
+    def record(start, stop):
+        with lock:
+            seen.append((start, stop))
+
+    threads.for_each_chunk(record, n, nbytes=threads.MIN_BYTES)
+    covered = [i for start, stop in sorted(seen) for i in range(start, stop)]
+    assert covered == list(range(n))
+    assert len(seen) == max(1, min(int(count), n))
+
+
+def test_small_work_stays_on_the_calling_thread(monkeypatch):
+    monkeypatch.setenv("TX_NUM_THREADS", "4")
+    names = []
+    threads.for_each_chunk(lambda a, b: names.append(threading.current_thread().name), 100, nbytes=1024)
+    assert names == [threading.current_thread().name]
+
+
+def test_large_work_uses_the_worker_threads(monkeypatch):
+    monkeypatch.setenv("TX_NUM_THREADS", "2")
+    names = []
+    threads.for_each_chunk(lambda a, b: names.append(threading.current_thread().name), 10, nbytes=threads.MIN_BYTES)
+    assert len(names) == 2 and any(name.startswith("tinygrad_tx") for name in names)
+
+
+def test_a_workers_exception_reaches_the_caller(monkeypatch):
+    monkeypatch.setenv("TX_NUM_THREADS", "2")
+
+    def fail_in_second_half(start, stop):
+        if start > 0:
+            raise ValueError("chunk failed")
+
+    with pytest.raises(ValueError, match="chunk failed"):
+        threads.for_each_chunk(fail_in_second_half, 10, nbytes=threads.MIN_BYTES)
+
+
+def test_bad_thread_count_is_named(monkeypatch):
+    monkeypatch.setenv("TX_NUM_THREADS", "two")
+    with pytest.raises(ValueError, match="TX_NUM_THREADS"):
+        threads.num_threads()
+
+
+@pytest.mark.parametrize("ufunc, args", [
+    (np.greater, lambda x, m: (x, 0)),
+    (np.maximum, lambda x, m: (x, 0)),
+    (np.subtract, lambda x, m: (x, m)),
+    (np.multiply, lambda x, m: (x, x > 0)),
+    (np.divide, lambda x, m: (x[:1], m)),
+])
+def test_in_threads_equals_the_plain_ufunc(split_everything, ufunc, args):
+    x = np.random.default_rng(0).standard_normal((7, 5)).astype(np.float32)
+    operands = args(x, x.max(axis=1, keepdims=True))
+    expected = ufunc(*operands)
+    got = primitives.in_threads(ufunc, *operands)
+    assert got.dtype == expected.dtype and np.array_equal(got, expected)
+
+
+def test_in_threads_writes_into_out(split_everything):
+    x = np.random.default_rng(1).standard_normal((5, 4, 3))
+    y = x.copy()
+    assert primitives.in_threads(np.exp, y, out=y) is y
+    assert np.array_equal(y, np.exp(x))
+
+
+def test_stacked_matmul_in_threads(split_everything):
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((5, 2, 3, 4)), rng.standard_normal((5, 2, 4, 6))
+    assert np.array_equal(primitives.matmul(a, b), a @ b)
+    assert np.array_equal(primitives.matmul(a, b[:1]), a @ b[:1])      # broadcast batch
+
+
+def _step(x, target, mask, w):
+    """Forward and backward through every primitive that uses threads; the gradients as arrays."""
+    x = tx.Tensor(x, requires_grad=True)
+    w = tx.Tensor(w, requires_grad=True)
+    scores = (x @ x.transpose(-2, -1)).masked_fill(~tx.Tensor(mask), -1e9)     # (B, h, T, T)
+    h = (scores.softmax(axis=-1) @ x).relu()                                      # (B, h, T, d)
+    logits = h.reshape(-1, h.shape[-1]) @ w                                       # (B h T, C)
+    loss = F.cross_entropy(logits, tx.Tensor(target), ignore_index=0, label_smoothing=0.1)
+    loss.backward()
+    return [loss.numpy(), x.grad.numpy(), w.grad.numpy()]
+
+
+@settings(max_examples=15, deadline=None)
+@given(B=st.integers(1, 5), heads=st.integers(1, 3), T=st.integers(1, 6), d=st.integers(1, 5),
+       C=st.integers(2, 7), seed=st.integers(0, 2 ** 16))
+def test_training_step_is_bit_identical_with_threads(B, heads, T, d, C, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((B, heads, T, d)).astype(np.float32)
+    w = rng.standard_normal((d, C)).astype(np.float32)
+    target = rng.integers(0, C, B * heads * T)
+    mask = np.tril(np.ones((T, T), dtype=bool))[None, None]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TX_NUM_THREADS", "1")
+        one = _step(x, target, mask, w)
+        mp.setattr(threads, "MIN_BYTES", 0)
+        mp.setenv("TX_NUM_THREADS", "3")
+        three = _step(x, target, mask, w)
+    for a, b in zip(one, three):
+        assert np.array_equal(a, b, equal_nan=True)     # (nan: every target ignored)
