@@ -16,16 +16,23 @@ from tinygrad_tx import functional as F
 from tinygrad_tx import primitives, threads
 
 
+@pytest.fixture(autouse=True)
+def default_count():
+    threads.set_num_threads(None)
+    yield
+    threads.set_num_threads(None)
+
+
 @pytest.fixture
 def split_everything(monkeypatch):
     monkeypatch.setattr(threads, "MIN_BYTES", 0)
-    monkeypatch.setenv("TX_NUM_THREADS", "3")
+    threads.set_num_threads(3)
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 7, 100])
 @pytest.mark.parametrize("count", ["1", "2", "3", "5"])
 def test_chunks_cover_the_range_once_and_in_order(monkeypatch, n, count):
-    monkeypatch.setenv("TX_NUM_THREADS", count)
+    threads.set_num_threads(int(count))
     seen, lock = [], threading.Lock()
 
     def record(start, stop):
@@ -38,22 +45,22 @@ def test_chunks_cover_the_range_once_and_in_order(monkeypatch, n, count):
     assert len(seen) == max(1, min(int(count), n))
 
 
-def test_small_work_stays_on_the_calling_thread(monkeypatch):
-    monkeypatch.setenv("TX_NUM_THREADS", "4")
+def test_small_work_stays_on_the_calling_thread():
+    threads.set_num_threads(4)
     names = []
     threads.for_each_chunk(lambda a, b: names.append(threading.current_thread().name), 100, nbytes=1024)
     assert names == [threading.current_thread().name]
 
 
-def test_large_work_uses_the_worker_threads(monkeypatch):
-    monkeypatch.setenv("TX_NUM_THREADS", "2")
+def test_large_work_uses_the_worker_threads():
+    threads.set_num_threads(2)
     names = []
     threads.for_each_chunk(lambda a, b: names.append(threading.current_thread().name), 10, nbytes=threads.MIN_BYTES)
     assert len(names) == 2 and any(name.startswith("tinygrad_tx") for name in names)
 
 
-def test_a_workers_exception_reaches_the_caller(monkeypatch):
-    monkeypatch.setenv("TX_NUM_THREADS", "2")
+def test_a_workers_exception_reaches_the_caller():
+    threads.set_num_threads(2)
 
     def fail_in_second_half(start, stop):
         if start > 0:
@@ -63,10 +70,16 @@ def test_a_workers_exception_reaches_the_caller(monkeypatch):
         threads.for_each_chunk(fail_in_second_half, 10, nbytes=threads.MIN_BYTES)
 
 
-def test_bad_thread_count_is_named(monkeypatch):
+def test_thread_count_comes_from_the_environment_and_bad_values_are_named(monkeypatch):
+    monkeypatch.setenv("TX_NUM_THREADS", "5")
+    assert threads.num_threads() == 5
+    threads.set_num_threads(None)
     monkeypatch.setenv("TX_NUM_THREADS", "two")
     with pytest.raises(ValueError, match="TX_NUM_THREADS"):
         threads.num_threads()
+    for bad in (0, -1, 1.5, "2", True):
+        with pytest.raises(ValueError, match="set_num_threads"):
+            threads.set_num_threads(bad)
 
 
 @pytest.mark.parametrize("ufunc, args", [
@@ -120,10 +133,10 @@ def test_training_step_is_bit_identical_with_threads(B, heads, T, d, C, seed):
     target = rng.integers(0, C, B * heads * T)
     mask = np.tril(np.ones((T, T), dtype=bool))[None, None]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TX_NUM_THREADS", "1")
+        threads.set_num_threads(1)
         one = _step(x, target, mask, w)
         mp.setattr(threads, "MIN_BYTES", 0)
-        mp.setenv("TX_NUM_THREADS", "3")
+        threads.set_num_threads(3)
         three = _step(x, target, mask, w)
     for a, b in zip(one, three):
         assert np.array_equal(a, b, equal_nan=True)     # (nan: every target ignored)

@@ -1,7 +1,7 @@
 """tinygrad_tx: a small, readable reverse-mode autodiff engine on NumPy (CPU) and CuPy (GPU).
 
 This package is the engine. Read its files in dependency order: backend -> tensor -> autograd ->
-primitives -> functional -> nn -> optim; random, serialization, kernels, gradcheck, distributed and
+primitives -> functional -> nn -> optim; random, threads, serialization, kernels, gradcheck, distributed and
 viz (drawing) sit beside them. No import runs the other way (tests/test_layering.py).
 On top of the engine: `tinygrad_tx.models` (the Transformer, built from the public API), and on top
 of the models `tinygrad_tx.app` (tasks, vocabularies, batching, training, checkpoints, translation,
@@ -21,6 +21,7 @@ from .serialization import save, load
 from .gradcheck import gradcheck, gradgradcheck, GradcheckError
 from .transforms import vjp, jvp, hvp
 from .random import manual_seed
+from .threads import set_num_threads, num_threads as get_num_threads
 from . import viz
 
 float32 = backend.float32
@@ -38,6 +39,6 @@ __all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "where", "cat", "
            "arange", "zeros", "ones", "full", "zeros_like", "ones_like", "full_like",
            "grad", "vjp", "jvp", "hvp", "gradcheck", "gradgradcheck", "GradcheckError",
            "functional", "nn", "optim", "save", "load", "primitives", "backend", "random",
-           "viz", "cuda_available", "distributed",
+           "viz", "cuda_available", "distributed", "set_num_threads", "get_num_threads",
            "float32", "float64", "int64", "bool_"]
 __version__ = "0.1.0"

@@ -10,8 +10,9 @@ work is shorter than that or limited by memory bandwidth. Measured on the projec
 (np.multiply into an existing array, median of 50): 2 MB 0.28 ms on one thread and 0.29 ms on two;
 8 MB 1.02 and 0.64 ms; 32 MB 6.0 and 2.7 ms. Hence `MIN_BYTES`.
 
-The number of threads is $TX_NUM_THREADS, else the machine's cores (at most 8); 1 switches threads
-off. CuPy arrays never come here: the GPU has its own parallelism.
+The number of threads is `set_num_threads(n)` (as torch.set_num_threads), else $TX_NUM_THREADS, else
+the machine's cores (at most 8); 1 switches threads off. CuPy arrays never come here: the GPU has
+its own parallelism.
 """
 from __future__ import annotations
 
@@ -22,17 +23,29 @@ MIN_BYTES = 4 << 20       # split work only when it touches at least this many b
 
 _pool = None              # the worker threads, started on first use
 _pool_size = 0
+_count = None             # the number of threads, once known
 
 
 def num_threads() -> int:
-    """How many threads the large elementwise work uses ($TX_NUM_THREADS, else the cores, at most 8)."""
-    value = os.environ.get("TX_NUM_THREADS")
-    if value:
+    """How many threads the large elementwise work uses: set_num_threads(n), else $TX_NUM_THREADS,
+    else the machine's cores (at most 8)."""
+    global _count
+    if _count is None:
+        value = os.environ.get("TX_NUM_THREADS")
         try:
-            return max(1, int(value))
+            _count = max(1, int(value)) if value else max(1, min(os.cpu_count() or 1, 8))
         except ValueError:
             raise ValueError(f"TX_NUM_THREADS must be a whole number, not {value!r}") from None
-    return max(1, min(os.cpu_count() or 1, 8))
+    return _count
+
+
+def set_num_threads(n: int | None) -> None:
+    """Use n threads from now on (1: none besides the caller), as torch.set_num_threads; None goes
+    back to $TX_NUM_THREADS or the number of cores."""
+    global _count
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"set_num_threads: expected a whole number >= 1 or None, got {n!r}")
+    _count = n
 
 
 def for_each_chunk(fn, n: int, nbytes: int) -> None:
