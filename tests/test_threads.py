@@ -104,6 +104,20 @@ def test_in_threads_writes_into_out(split_everything):
     assert np.array_equal(y, np.exp(x))
 
 
+def test_by_rows_cuts_row_arguments_and_joins_every_result(split_everything):
+    rng = np.random.default_rng(3)
+    x, scale = rng.standard_normal((4, 5, 6)), rng.standard_normal((4, 5, 1))
+    weight = rng.standard_normal(6)
+
+    def rows(x, scale, weight, k):
+        return x * scale + weight * k, (x * scale).sum(axis=-1, keepdims=True)
+
+    a, b = primitives.by_rows(rows, x, scale, weight, 2.0)
+    ea, eb = rows(x, scale, weight, 2.0)
+    assert a.shape == ea.shape and b.shape == eb.shape
+    assert np.array_equal(a, ea) and np.array_equal(b, eb)
+
+
 def test_stacked_matmul_in_threads(split_everything):
     rng = np.random.default_rng(2)
     a, b = rng.standard_normal((5, 2, 3, 4)), rng.standard_normal((5, 2, 4, 6))
@@ -111,16 +125,18 @@ def test_stacked_matmul_in_threads(split_everything):
     assert np.array_equal(primitives.matmul(a, b[:1]), a @ b[:1])      # broadcast batch
 
 
-def _step(x, target, mask, w):
+def _step(x, target, mask, w, gain):
     """Forward and backward through every primitive that uses threads; the gradients as arrays."""
     x = tx.Tensor(x, requires_grad=True)
     w = tx.Tensor(w, requires_grad=True)
+    gain = tx.Tensor(gain, requires_grad=True)
     scores = (x @ x.transpose(-2, -1)).masked_fill(~tx.Tensor(mask), -1e9)     # (B, h, T, T)
     h = (scores.softmax(axis=-1) @ x).relu()                                      # (B, h, T, d)
+    h = F.layer_norm(h, gain, gain * 0.5)                                         # (B, h, T, d)
     logits = h.reshape(-1, h.shape[-1]) @ w                                       # (B h T, C)
     loss = F.cross_entropy(logits, tx.Tensor(target), ignore_index=0, label_smoothing=0.1)
     loss.backward()
-    return [loss.numpy(), x.grad.numpy(), w.grad.numpy()]
+    return [loss.numpy(), x.grad.numpy(), w.grad.numpy(), gain.grad.numpy()]
 
 
 @settings(max_examples=15, deadline=None)
@@ -132,11 +148,12 @@ def test_training_step_is_bit_identical_with_threads(B, heads, T, d, C, seed):
     w = rng.standard_normal((d, C)).astype(np.float32)
     target = rng.integers(0, C, B * heads * T)
     mask = np.tril(np.ones((T, T), dtype=bool))[None, None]
+    gain = rng.standard_normal(d).astype(np.float32)
     with pytest.MonkeyPatch.context() as mp:
         threads.set_num_threads(1)
-        one = _step(x, target, mask, w)
+        one = _step(x, target, mask, w, gain)
         mp.setattr(threads, "MIN_BYTES", 0)
         threads.set_num_threads(3)
-        three = _step(x, target, mask, w)
+        three = _step(x, target, mask, w, gain)
     for a, b in zip(one, three):
         assert np.array_equal(a, b, equal_nan=True)     # (nan: every target ignored)

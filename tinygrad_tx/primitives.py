@@ -167,6 +167,39 @@ def in_threads(ufunc, *args, out=None):
     return out
 
 
+ROW_PASSES = 8     # a row-wise computation (layer norm, softmax) reads or writes its rows about this often
+
+
+def by_rows(fn, *args):
+    """fn(*args) for a computation that treats every row (the last axis) on its own, as layer norm and
+    softmax do. On the CPU, when there are many rows, blocks of rows are computed by several threads
+    at once (threads.py) and the blocks' results joined: all the computation's passes over a block
+    run while the block is in cache, on its own core. Arguments with the first one's leading axes
+    are cut into blocks (x (B, T, n) and rstd (B, T, 1)); the others (weights, numbers) go whole.
+    fn returns an array or a tuple of arrays with those leading axes. On Tensors it is fn(*args)."""
+    first = args[0]
+    if any(isinstance(a, Tensor) for a in args) or backend.device_of(first) != "cpu" or first.ndim < 2 \
+            or first.size == 0:
+        return fn(*args)
+    lead = first.shape[:-1]
+    cut = [backend.is_array(a) and a.ndim == first.ndim and a.shape[:-1] == lead for a in args]
+    rows = [a.reshape(-1, a.shape[-1]) if c else a for a, c in zip(args, cut)]     # (R, n)
+    blocks = {}
+
+    def block(start, stop):
+        blocks[start] = fn(*[a[start:stop] if c else a for a, c in zip(rows, cut)])
+
+    threads.for_each_chunk(block, rows[0].shape[0], ROW_PASSES * sum(a.nbytes for a, c in zip(args, cut) if c))
+    parts = [blocks[start] for start in sorted(blocks)]
+    single = not isinstance(parts[0], tuple)
+    if single:
+        parts = [(part,) for part in parts]
+    xp = backend.array_module(first)
+    joined = [pieces[0] if len(pieces) == 1 else xp.concatenate(pieces) for pieces in zip(*parts)]
+    results = tuple(j.reshape(*lead, j.shape[-1]) for j in joined)              # (..., k)
+    return results[0] if single else results
+
+
 # =============================================================================== row reductions
 # Softmax, layer norm and cross-entropy reduce every row along the last axis, and NumPy's reductions
 # walk a short last axis one row at a time. These give the same sums and maxima of arrays faster (a
@@ -817,6 +850,18 @@ class Linear(Function):
 # take and return the same arrays as forward and backward, and save the same things. Function.apply
 # runs them on CuPy arrays that kernels.accepts (a create_graph backward runs the plain backward).
 # The xp maths in forward and backward stays the definition, and is what the kernels are tested against.
+def _softmax(x, axis):
+    xp = backend.array_module(x)
+    y = x - max_along(x, axis)                               # one new array, then in place
+    xp.exp(y, out=y)
+    y /= sum_along(y, axis)
+    return y
+
+
+def _softmax_grad(y, g, axis):
+    return y * (g - sum_along(g * y, axis))
+
+
 class Softmax(Function):
     # y_i = e^(x_i - m) / sum_j e^(x_j - m)   (m = max x: the same value, no overflow)
     # dx = y * (g - sum_j g_j y_j)
@@ -825,10 +870,7 @@ class Softmax(Function):
 
     @staticmethod
     def forward(ctx, x, axis):
-        xp = backend.array_module(x)
-        y = in_threads(xp.subtract, x, max_along(x, axis))     # one new array, then in place
-        in_threads(xp.exp, y, out=y)
-        in_threads(xp.divide, y, sum_along(y, axis), out=y)
+        y = by_rows(_softmax, x, -1) if axis in (-1, x.ndim - 1) else _softmax(x, axis)
         ctx.save_for_backward(y)
         ctx.axis = axis
         return y
@@ -836,7 +878,9 @@ class Softmax(Function):
     @staticmethod
     def backward(ctx, g):
         (y,) = ctx.saved_tensors
-        return y * (g - sum_along(g * y, ctx.axis)), None
+        if ctx.axis in (-1, y.ndim - 1):
+            return by_rows(_softmax_grad, y, g, -1), None
+        return _softmax_grad(y, g, ctx.axis), None
 
     @staticmethod
     def forward_cuda(ctx, x, axis):
@@ -951,6 +995,32 @@ def _standardize(x, eps):
     return centred * rstd, rstd
 
 
+def _layer_norm(x, weight, bias, eps):
+    """LayerNorm's forward on arrays: y, xhat and rstd, with two new (..., n) arrays, the rest in place."""
+    xp = backend.array_module(x)
+    xhat = x - _mean_last(x)                        # centred
+    squares = xhat * xhat
+    rstd = _mean_last(squares)                      # var, (..., 1)
+    rstd += eps
+    xp.sqrt(rstd, out=rstd)
+    xp.reciprocal(rstd, out=rstd)                   # 1 / sqrt(var + eps)
+    xhat *= rstd
+    if weight is None:
+        y = xhat if bias is None else xhat + bias
+    elif squares.dtype == xp.result_type(xhat, weight):
+        y = xp.multiply(xhat, weight, out=squares)  # into the squares' buffer, no longer needed
+    else:
+        y = xhat * weight                           # a wider weight: NumPy's promoted dtype
+    if weight is not None and bias is not None:
+        y = _add_into(y, bias)
+    return y, xhat, rstd
+
+
+def _layer_norm_grad(g, xhat, rstd, weight):
+    gh = g if weight is None else g * weight
+    return rstd * (gh - _mean_last(gh) - xhat * _mean_last(gh * xhat))
+
+
 def _check_affine(x, weight, bias):
     n = x.shape[-1]
     for name, p in (("weight", weight), ("bias", bias)):
@@ -973,24 +1043,9 @@ class LayerNorm(Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
         _check_affine(x, weight, bias)
-        xp = backend.array_module(x)
         ctx.eps = eps
-        xhat = x - _mean_last(x)                    # centred; two new arrays in all, the rest in place
-        squares = xhat * xhat
-        rstd = _mean_last(squares)                  # var, (..., 1)
-        rstd += eps
-        xp.sqrt(rstd, out=rstd)
-        xp.reciprocal(rstd, out=rstd)               # 1 / sqrt(var + eps)
-        xhat *= rstd
+        y, xhat, rstd = by_rows(_layer_norm, x, weight, bias, eps)
         ctx.save_for_backward(xhat, rstd, weight, x)
-        if weight is None:
-            return xhat if bias is None else xhat + bias
-        if squares.dtype == xp.result_type(xhat, weight):
-            y = xp.multiply(xhat, weight, out=squares)      # into the squares' buffer, no longer needed
-        else:
-            y = xhat * weight                               # a wider weight: NumPy's promoted dtype
-        if bias is not None:
-            y = _add_into(y, bias)
         return y
 
     @staticmethod
@@ -998,8 +1053,7 @@ class LayerNorm(Function):
         xhat, rstd, weight, x = ctx.saved_tensors
         if isinstance(g, Tensor):
             xhat, rstd = _standardize(x, ctx.eps)
-        gh = g if weight is None else g * weight
-        dx = rstd * (gh - _mean_last(gh) - xhat * _mean_last(gh * xhat))
+        dx = by_rows(_layer_norm_grad, g, xhat, rstd, weight)
         rows = tuple(range(g.ndim - 1))
         dw = (g * xhat).sum(axis=rows) if ctx.needs_input_grad[1] else None
         db = g.sum(axis=rows) if ctx.needs_input_grad[2] else None
