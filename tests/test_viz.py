@@ -344,6 +344,70 @@ def test_draw_command_renders_the_examples(tmp_path, what):
     assert read(drawings.draw_command(what, tmp_path / "b.svg", backward=True)).count("backward") >= 3
 
 
+@needs_dot
+@pytest.mark.parametrize("call", [
+    {"filename": "g", "format": "png"},
+    {"filename": "g.gv", "directory": "sub", "format": "svg", "cleanup": True},
+    {"outfile": "out/pic.svg"},
+    {"filename": "src.gv", "outfile": "pic.png"},
+], ids=["filename", "directory-cleanup", "outfile", "filename-and-outfile"])
+def test_render_writes_what_graphviz_writes(tmp_path, monkeypatch, call):
+    """Drawing.render is graphviz's render made atomic: the same files, the same returned path."""
+    _, _, y = broadcast_example()
+    ours = tx.viz.draw_graph(y)
+    theirs = graphviz.Digraph(body=list(ours.body), graph_attr=dict(ours.graph_attr),
+                              node_attr=dict(ours.node_attr), edge_attr=dict(ours.edge_attr))
+    results = {}
+    for name, drawing in (("ours", ours), ("theirs", theirs)):
+        folder = tmp_path / name
+        folder.mkdir()
+        monkeypatch.chdir(folder)
+        returned = drawing.render(**call)
+        files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+        results[name] = (os.path.normpath(returned), files)
+    assert results["ours"] == results["theirs"]
+    picture = tmp_path / "ours" / results["ours"][0]
+    assert picture.read_bytes() == ours.pipe(format=picture.suffix.lstrip("."))
+
+
+def test_a_render_that_fails_halfway_leaves_the_old_picture_whole(tmp_path, monkeypatch):
+    """A `dot` that dies after writing half a picture (killed, out of disk) must not cost the old one:
+    graphviz's own render lets dot write the target file itself, so the old file would be truncated."""
+    fake = tmp_path / "bin" / "dot"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\n"
+                    "for a in \"$@\"; do case \"$a\" in -O) half=1;; esac; done\n"
+                    "printf 'half a picture'\n"                           # what pipe() would read
+                    "for a in \"$@\"; do last=\"$a\"; done\n"
+                    "[ -n \"$half\" ] && printf 'half a picture' > \"$last.png\"\n"   # what render(-O) would keep
+                    "exit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    _, _, y = broadcast_example()
+    drawing = tx.viz.draw_graph(y)
+    old = tmp_path / "pic.gv.png"
+    old.write_bytes(b"the old picture")
+    with pytest.raises(graphviz.CalledProcessError):
+        drawing.render(tmp_path / "pic.gv", format="png")
+    assert old.read_bytes() == b"the old picture"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "pic.gv", "pic.gv.png"]   # no temporary left
+    assert (tmp_path / "pic.gv").read_text() == drawing.source
+    with pytest.raises(graphviz.CalledProcessError):      # graphviz's render: the old picture is lost
+        graphviz.Source(drawing.source).render(tmp_path / "pic.gv", format="png")
+    assert old.read_bytes() == b"half a picture"
+
+
+def test_saving_the_dot_source_goes_through_the_atomic_writer(tmp_path, monkeypatch):
+    calls = []
+    real = viz_graph.atomic_write
+    monkeypatch.setattr(viz_graph, "atomic_write", lambda path, data: calls.append(path) or real(path, data))
+    _, _, y = broadcast_example()
+    drawing = tx.viz.draw_graph(y)
+    path = drawing.save(tmp_path / "new" / "y.dot")
+    assert calls == [path] and read(path) == drawing.source
+    assert drawing.save(path, skip_existing=True) == path and len(calls) == 1
+
+
 def test_draw_command_names_its_choices(tmp_path):
     with pytest.raises(ValueError, match="mlp, attention, encoder-layer"):
         drawings.draw_command("lstm", tmp_path / "x.svg")

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import html
+import os
 import textwrap
 
 from .. import backend
 from ..autograd import Function
 from ..nn import Module, Parameter
+from ..serialization import atomic_write
 from ..tensor import Tensor
 from . import record
 from .explain import fmt_shape, leaf_name, leaf_role, rule
@@ -81,9 +83,63 @@ def digraph_class():
                 with explain_missing_dot():
                     return super().pipe(*args, **kwargs)
 
-            def render(self, *args, **kwargs):
-                with explain_missing_dot():
-                    return super().render(*args, **kwargs)
+            def save(self, filename=None, directory=None, *, skip_existing=False):
+                """graphviz's save, through the one atomic writer: the DOT file is whole or absent."""
+                if filename is not None:
+                    self.filename = os.fspath(filename)
+                if directory is not None:
+                    self.directory = os.fspath(directory)
+                path = self.filepath
+                if skip_existing and os.path.exists(path):
+                    return path
+                if os.path.dirname(path):
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                atomic_write(path, self.source.encode(self.encoding))
+                return path
+
+            def render(self, filename=None, directory=None, view=False, cleanup=False, format=None,
+                       renderer=None, formatter=None, neato_no_op=None, quiet=False, quiet_view=False, *,
+                       outfile=None, engine=None, raise_if_result_exists=False, overwrite_source=False):
+                """graphviz's render (same arguments, same files, same returned path), but every file
+                appears whole or not at all: `dot` draws into memory (`pipe`) and the picture is written
+                by serialization.atomic_write, so a render that fails or is interrupted halfway leaves
+                an earlier picture at that path intact. The DOT source is saved beside it (by `save`)
+                unless `cleanup`."""
+                if outfile is not None:
+                    outfile = os.fspath(outfile)
+                    if directory is None:
+                        outfile = os.path.join(self.directory, outfile)
+                    if format is None:
+                        format = os.path.splitext(outfile)[1].lstrip(".").lower() or None
+                    if format is None:
+                        raise graphviz.RequiredArgumentError(
+                            f"render: cannot tell the format of outfile {outfile!r}: give format= or a suffix")
+                    if filename is None:
+                        filename = os.path.splitext(os.path.basename(outfile))[0] + ".gv"
+                        directory = os.path.dirname(outfile) if directory is None else directory
+                if filename is not None:
+                    self.filename = os.fspath(filename)
+                if directory is not None:
+                    self.directory = os.fspath(directory)
+                format = format or self.format
+                source = self.filepath
+                if outfile is None:                     # graphviz's -O: FILE.gv.[formatter.][renderer.]format
+                    outfile = source + "." + ".".join(x for x in (formatter, renderer, format) if x)
+                if raise_if_result_exists and os.path.exists(outfile):
+                    raise graphviz.FileExistsError(f"output file exists: {outfile!r}")
+                if not overwrite_source and os.path.abspath(outfile) == os.path.abspath(source):
+                    raise ValueError(f"render: outfile {outfile!r} must differ from the DOT source "
+                                     f"(pass overwrite_source=True to override)")
+                if not cleanup:
+                    self.save()
+                picture = self.pipe(format=format, renderer=renderer, formatter=formatter,
+                                    neato_no_op=neato_no_op, quiet=quiet, engine=engine)
+                if os.path.dirname(outfile):
+                    os.makedirs(os.path.dirname(outfile), exist_ok=True)
+                atomic_write(outfile, picture)
+                if view or quiet_view:
+                    graphviz.view(outfile, quiet=quiet_view)
+                return outfile
 
             def unflatten(self, *args, **kwargs):
                 with explain_missing_dot():
