@@ -473,6 +473,9 @@ def test_plot_attention_writes_one_heatmap_per_head(tmp_path):
     width, height = png_size(data)
     assert len(data) > 5_000 and width > height > 100
     one = read(tx.viz.plot_attention(weights[0], src, tgt, tmp_path / "one.png"), "rb")
+    before = sorted(os.listdir(tmp_path))
+    fig = tx.viz.plot_attention(weights, src, tgt)                 # no path: the Figure, nothing written
+    assert sorted(os.listdir(tmp_path)) == before and len(fig.axes) == 4 + 1     # four heads, a colorbar
     assert png_size(one)[0] < width                                # one head is narrower than four
     with pytest.raises(ValueError, match=r"need 3 tgt_tokens \(rows\) and 5 src_tokens"):
         tx.viz.plot_attention(weights, src[:4], tgt, tmp_path / "bad.png")
@@ -490,6 +493,10 @@ def test_positional_encoding_table_and_plot(tmp_path):
         pass
     data = read(tx.viz.plot_positional_encoding(50, 16, tmp_path / "pe.png"), "rb")
     assert len(data) > 5_000 and min(png_size(data)) > 200
+    # Without a path nothing is written and the Figure comes back (the guide shows it inline).
+    fig = tx.viz.plot_positional_encoding(50, 16)
+    assert os.listdir(tmp_path) == ["pe.png"]
+    assert read(tx.viz.save_figure(fig, tmp_path / "again.png"), "rb") == data
 
 
 def test_draw_never_follows_a_planted_symlink(tmp_path):

@@ -9,8 +9,9 @@ Importing this package needs nothing beyond the engine: graphviz and matplotlib 
                                                         values, gradients, derivative rules, search
     record_gradients()                                  context manager: remember gradient norms
     explain(loss)                                       narrate, then run, the backward pass
-    plot_attention(weights, src_tokens, tgt_tokens, path)
-    plot_positional_encoding(max_len, d_model, path)
+    plot_attention(weights, src_tokens, tgt_tokens, path=None)
+    plot_positional_encoding(max_len, d_model, path=None)
+                                                        heatmaps: written to path, or returned as a Figure
     figure(width, height), save_figure(fig, path)      a blank matplotlib Figure; write one atomically
 """
 from .explain import explain, rule

@@ -41,18 +41,19 @@ def host_array(weights):
     return backend.to_numpy(weights) if backend.is_array(weights) else backend.host_array(weights)
 
 
-def plot_attention(weights, src_tokens, tgt_tokens, path, title: str | None = None) -> str:
-    """Heatmaps of attention weights, one per head, written to `path` (PNG, SVG or PDF).
+def plot_attention(weights, src_tokens, tgt_tokens, path=None, title: str | None = None):
+    """Heatmaps of attention weights, one per head, written to `path` (PNG, SVG or PDF) or returned.
 
     Args:
         weights: Tensor or array of shape (n_heads, Tq, Tk), or (Tq, Tk) for one head.
         src_tokens: the Tk key tokens (column labels).
         tgt_tokens: the Tq query tokens (row labels).
-        path: output file; its suffix picks the format.
+        path: output file; its suffix picks the format. None: nothing is written.
         title: optional figure title.
 
     Returns:
-        the path written.
+        the path written, or the matplotlib Figure when `path` is None (to show in a notebook,
+        or to save yourself).
     """
     w = host_array(weights)
     if w.ndim == 2:
@@ -94,7 +95,7 @@ def plot_attention(weights, src_tokens, tgt_tokens, path, title: str | None = No
     fig.colorbar(image, ax=fig.axes, shrink=0.8, label="attention weight")
     if title:
         fig.suptitle(title)
-    return save_figure(fig, path)
+    return fig if path is None else save_figure(fig, path)
 
 
 def sinusoid_table(max_len: int, d_model: int):
@@ -109,8 +110,12 @@ def sinusoid_table(max_len: int, d_model: int):
     return table
 
 
-def plot_positional_encoding(max_len: int, d_model: int, path) -> str:
-    """The sinusoidal positional encoding table (positions x dimensions) as a heatmap; returns path."""
+def plot_positional_encoding(max_len: int, d_model: int, path=None):
+    """The sinusoidal positional encoding table (positions x dimensions) as a heatmap.
+
+    Returns:
+        the path written (its suffix picks PNG, SVG or PDF), or the matplotlib Figure when `path` is None.
+    """
     if max_len < 1 or d_model < 1:
         raise ValueError(f"plot_positional_encoding: max_len and d_model must be >= 1, got {max_len}, {d_model}")
     table = sinusoid_table(max_len, d_model)
@@ -121,4 +126,4 @@ def plot_positional_encoding(max_len: int, d_model: int, path) -> str:
     ax.set_ylabel("position pos")
     ax.set_title(f"Sinusoidal positional encoding, max_len={max_len}, d_model={d_model}")
     fig.colorbar(image, ax=ax, label="PE[pos, j]")
-    return save_figure(fig, path)
+    return fig if path is None else save_figure(fig, path)
