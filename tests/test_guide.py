@@ -127,6 +127,18 @@ def test_the_builder_and_its_helpers_exec_nothing_and_use_viz_publicly():
                 assert not private, f"app/{name}.py imports private {private} from {node.module}"
 
 
+def test_the_guide_draws_with_the_public_viz_functions_instead_of_copies():
+    """What tx.viz draws (the positional-encoding heatmap, the attention heatmaps) the pages draw by
+    calling it: a copy of its matplotlib lines in a page would drift from the library's picture."""
+    for page in guide.PAGES:
+        tree = ast.parse((DOCS / "src" / f"{page}.py").read_text(encoding="utf-8"))
+        called = {node.func.attr for node in ast.walk(tree)
+                  if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)}
+        assert "imshow" not in called, f"docs/src/{page}.py draws a heatmap of its own: call tx.viz or app.figures"
+    source = (DOCS / "src" / "illustrated.py").read_text(encoding="utf-8")
+    assert re.search(r"picture\(viz\.plot_positional_encoding\(", source)
+
+
 # ---------------------------------------------------------------------------- building and running
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):

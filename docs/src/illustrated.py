@@ -122,14 +122,8 @@ wavelengths = 2 * np.pi * 10000.0 ** (np.arange(0, d_model, 2) / d_model)
 print(f"wavelength of pair 0: {wavelengths[0]:.2f} positions, of the last pair: {wavelengths[-1]:.0f}")
 
 # %% tags=["remove-input"]
-fig = viz.figure(min(4 + d_model / 24, 14), 5)
-ax = fig.add_subplot(1, 1, 1)
-image = ax.imshow(table_pe, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
-ax.set_xlabel("dimension j of the encoding (j = 2i: sin, j = 2i+1: cos, one wavelength per pair i)")
-ax.set_ylabel("position pos")
-ax.set_title(f"Sinusoidal positional encoding, 64 positions, d_model={d_model}")
-fig.colorbar(image, ax=ax, label="PE[pos, j]")
-picture(fig, "guide/positional_encoding.png", "The sinusoidal positional encoding")
+picture(viz.plot_positional_encoding(64, d_model), "guide/positional_encoding.png",
+        "The sinusoidal positional encoding")
 
 # %% [markdown]
 # **Computed live, with the trained model's first self-attention layer** (`encoder.layers.0.self_attn`):
@@ -209,13 +203,13 @@ picture(plot_heads(real, ex.src_tokens, ex.src_tokens, "encoder layer 0, head 0:
 #
 # One softmax gives one way of mixing the tokens. The paper runs n_heads attentions side by side, each
 # in its own d_k = d_model / n_heads dimensional subspace, and mixes their outputs with W^O. In the
-# code the heads are not a loop: one Linear projects all heads at once (in self-attention W^Q, W^K
-# and W^V are even stacked by a Cat into one matrix, so one product makes the queries, keys and
-# values, and three slices take them apart), a Reshape to `(B, T, n_heads, d_k)` and a Permute to
-# `(B, n_heads, T, d_k)` split them, the heads become a batch axis of the same attention, and
+# code the heads are not a loop: W^Q, W^K and W^V are three Linear modules, `q_proj`, `k_proj` and
+# `v_proj`, and each projects all heads at once, one matrix product for the queries, one for the keys
+# and one for the values. A Reshape to `(B, T, n_heads, d_k)` and a Permute to `(B, n_heads, T, d_k)`
+# split each result into its heads, the heads become a batch axis of the same attention, and
 # Permute + Reshape concatenate them back before `out_proj` (W^O). The graph of
-# `encoder.layers.0.self_attn` at `depth=0`, where `out_proj` is folded into one green box that lists
-# its input and output shapes:
+# `encoder.layers.0.self_attn` at `depth=0`, where each of the four Linear modules is folded into one
+# green box that lists its input and output shapes:
 
 # %%
 c = model.config
