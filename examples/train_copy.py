@@ -19,7 +19,8 @@ RUN_DIR = "runs/copy"
 config = TrainConfig(task="copy", batch_size=32)
 # Run the script again to train 3 more minutes: it resumes the checkpoint exactly.
 metrics = train(config, RUN_DIR, minutes=3, resume=has_checkpoint(RUN_DIR))
-print(f"validation: exact match {metrics['exact_match']:.1f}%, BLEU {metrics['bleu']:.1f}")
+print(f"validation: token accuracy {metrics['valid_accuracy']:.1f}% (teacher-forced, all pairs); exact match "
+      f"{metrics['exact_match']:.1f}%, BLEU {metrics['bleu']:.1f} (greedy, the first {metrics['decoded']} pairs)")
 
 # 2. Evaluate on 1000 held-out sequences (never seen in training).
 translator = Translator.load(RUN_DIR)

@@ -38,6 +38,23 @@ def test_train_writes_a_run_and_prints_metrics(run, capsys):
     assert config["train"]["config"] == "small" and config["model"]["d_model"] == 128
 
 
+def test_train_decodes_as_many_validation_pairs_as_asked(files, tmp_path, capsys):
+    """--decode-pairs bounds the greedy decoding of each validation (0: all); the loss and token
+    accuracy always cover every pair, and the summary says which is which."""
+    for asked, decoded, said in (("3", 3, "greedy decoding of 3 of 8 validation pairs"),
+                                 ("0", 8, "greedy decoding of all of 8 validation pairs")):
+        out = str(tmp_path / f"run{asked}")
+        assert main(["train", "--data", files["train"], "--valid", files["valid"], "--out", out, "--steps", "2",
+                     "--batch-size", "16", "--decode-pairs", asked]) == 0
+        record = json.loads(Path(out, "metrics.jsonl").read_text().splitlines()[-1])
+        assert record["decoded"] == decoded and record["valid_pairs"] == 8
+        printed = capsys.readouterr().out
+        assert f"validation after step 2: loss {record['valid_loss']:.3f}, token accuracy " in printed
+        assert said in printed and "exact_match:" in printed
+    with pytest.raises(SystemExit):
+        main(["train", "--task", "copy", "--out", str(tmp_path / "x"), "--decode-pairs", "-1"])
+
+
 def test_evaluate_prints_metrics_and_json(run, files, capsys):
     assert main(["evaluate", "--checkpoint", run, "--data", files["test"], "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)

@@ -79,6 +79,42 @@ def test_loss_goes_down(tsv, tmp_path):
     assert trainer.validate()["valid_loss"] < first - 0.3
 
 
+def test_validation_scores_every_pair_teacher_forced_and_decodes_a_bounded_sample(tsv, tmp_path, monkeypatch):
+    """Loss and token accuracy: one teacher-forced pass over all 24 validation pairs. Greedy decoding
+    (one decoder run per output token, up to max_len before a model learns to stop) only of the first
+    `decode_pairs`; the default covers the whole of a small validation set."""
+    trainer = Trainer(tiny_config(tsv), str(tmp_path / "run"), progress=False, log=lambda m: None, decode_pairs=5)
+    trainer.run(steps=3)
+    decoded = []
+    real = Translator.evaluate
+    monkeypatch.setattr(Translator, "evaluate", lambda self, pairs, **kw: decoded.append(list(pairs))
+                        or real(self, pairs, **kw))
+    result = trainer.validate()
+    assert decoded == [trainer.valid_pairs[:5]]
+    assert result["decoded"] == 5 and result["valid_pairs"] == 24
+    # The token accuracy and the loss, by hand from the model's teacher-forced logits.
+    hits = tokens = 0
+    total = 0.0
+    with tx.no_grad():
+        for src, tgt in trainer.valid_examples:
+            logits = trainer.model(tx.Tensor([src]), tx.Tensor([tgt[:-1]])).numpy()[0]     # (T, V)
+            hits += int((logits.argmax(-1) == np.array(tgt[1:])).sum())
+            tokens += len(tgt) - 1
+            shifted = logits - logits.max(-1, keepdims=True)
+            log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+            total -= float(log_probs[np.arange(len(tgt) - 1), tgt[1:]].sum())
+    assert result["valid_accuracy"] == pytest.approx(100.0 * hits / tokens)
+    assert result["valid_loss"] == pytest.approx(total / tokens, rel=1e-4)
+    assert 0 < hits < tokens                                      # three steps: some right, not all
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["decoded"]) for r in records] == [(3, 5)]
+    whole = Trainer(tiny_config(tsv), str(tmp_path / "whole"), progress=False, log=lambda m: None)
+    decoded.clear()
+    assert whole.validate()["decoded"] == 24 and decoded == [whole.valid_pairs]
+    with pytest.raises(ValueError, match="decode_pairs must be a whole number >= 1 or None, got 0"):
+        Trainer(tiny_config(tsv), str(tmp_path / "bad"), progress=False, log=lambda m: None, decode_pairs=0)
+
+
 def test_resume_continues_exactly(tsv, tmp_path):
     # Dropout is on (0.1), so this also checks that the engine RNG state is restored; 13 steps
     # of 16 out of 200 sentences cross an epoch boundary (batch order by seed and epoch).

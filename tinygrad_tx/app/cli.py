@@ -30,7 +30,7 @@ from . import drawings, tasks
 from .analysis import translate_and_attend
 from .checkpoint import has_checkpoint, load_model, read_config
 from .config import CheckpointError, TrainConfig
-from .train import TrainingInterrupted, train
+from .train import DECODE_PAIRS, TrainingInterrupted, decoded_note, train
 from .translate import Translator, format_score
 
 DEFAULT_MINUTES = 5
@@ -82,11 +82,14 @@ def cmd_train(args) -> int:
     if args.minutes is None and args.steps is None and main_process:
         print(f"training for {DEFAULT_MINUTES} minutes (set --minutes or --steps)", file=sys.stderr)
     metrics = train(cfg, args.out, steps=args.steps, minutes=minutes, device=args.device, resume=args.resume,
-                    force=args.force)
+                    force=args.force, decode_pairs=args.decode_pairs or None)
     if not main_process:
         return 0
-    _print_metrics({k: metrics[k] for k in ("exact_match", "bleu", "chrf")}, as_json=False,
-                   header=f"validation after step {metrics['step']}:")
+    header = f"validation after step {metrics['step']}:"
+    if "valid_accuracy" in metrics:             # a record of this session (older runs' records lack it)
+        header += (f" loss {metrics['valid_loss']:.3f}, token accuracy {metrics['valid_accuracy']:.1f}% "
+                   f"(teacher-forced); {decoded_note(metrics, metrics['valid_pairs'])}:")
+    _print_metrics(metrics, as_json=False, header=header)
     print(f"checkpoint: {args.out}  (try: tinygrad-tx translate --checkpoint {args.out} \"...\")")
     return 0
 
@@ -344,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--batch-size", type=_at_least_one, help="sentences per batch (default 64)")
     batch.add_argument("--batch-tokens", type=_at_least_one, help="padded tokens per batch, instead of --batch-size")
     t.add_argument("--eval-every", type=_at_least_one, help="validate and checkpoint every N steps (default 500)")
+    t.add_argument("--decode-pairs", type=_at_least_zero, default=DECODE_PAIRS, metavar="N",
+                   help=f"each validation greedy-decodes N validation pairs for exact match, BLEU and chrF "
+                        f"(default {DECODE_PAIRS}; 0: all); loss and token accuracy always cover all of them")
     t.add_argument("--lr-factor", type=_positive, help="scale of the Noam learning rate (default 0.5)")
     t.add_argument("--warmup-steps", type=_at_least_one, help="steps of learning-rate warm-up (default 200)")
 

@@ -38,6 +38,12 @@ from .tasks import DataError
 from .translate import Translator, format_score
 from .vocab import PAD, PairVocab
 
+# Greedy decoding runs the decoder once per output token, up to max_len for a model that has not yet
+# learned to stop, so each evaluation during training decodes only this many validation pairs (the
+# first ones: the held-out split is already in random order). The loss and token accuracy, one
+# teacher-forced pass, cover all of them; `tinygrad-tx evaluate` decodes a whole test set.
+DECODE_PAIRS = 200
+
 
 # ---------------------------------------------------------------------------- the trainer
 class TrainingDiverged(RuntimeError):
@@ -98,11 +104,15 @@ class Trainer:
     """Owns the model, optimizer, schedule, data order and run directory of one training run."""
 
     def __init__(self, cfg: TrainConfig, run_dir: str, device: str | None = None, resume: bool = False,
-                 log=None, progress: bool = True, force: bool = False):
+                 log=None, progress: bool = True, force: bool = False, decode_pairs: int | None = DECODE_PAIRS):
         """Everything is checked here, before the first step: the run directory, the data (every
         sentence, validation included, must fit the model's max_len) and that the run directory can
-        be written. `force` writes into a non-empty directory that is not a run."""
-        self.cfg, self.run_dir = cfg, run_dir
+        be written. `force` writes into a non-empty directory that is not a run. `decode_pairs`:
+        how many validation pairs each evaluation decodes (None: all of them)."""
+        if decode_pairs is not None and (isinstance(decode_pairs, bool) or not isinstance(decode_pairs, int)
+                                         or decode_pairs < 1):
+            raise ValueError(f"Trainer: decode_pairs must be a whole number >= 1 or None, got {decode_pairs!r}")
+        self.cfg, self.run_dir, self.decode_pairs = cfg, run_dir, decode_pairs
         # With several processes (mpirun), rank 0 alone logs, validates and writes the run directory.
         self.rank, self.world_size = dist.rank(), dist.world_size()
         self.progress = progress and self.rank == 0
@@ -128,12 +138,13 @@ class Trainer:
                          f"(character tokens) may learn better")
         self.examples = encode_pairs(self.vocab, train_pairs)
         self.lengths = [max(len(s), len(t)) for s, t in self.examples]
+        self.valid_examples = encode_pairs(self.vocab, self.valid_pairs)
 
         # 2. Model, optimizer and schedule; the seed fixes the initial weights.
         tx.manual_seed(cfg.seed)
         self.model_config = cfg.model_config(len(self.vocab.src), len(self.vocab.tgt))
-        self._check_lengths(train_pairs, "training")
-        self._check_lengths(self.valid_pairs, "validation")
+        self._check_lengths(train_pairs, self.examples, "training")
+        self._check_lengths(self.valid_pairs, self.valid_examples, "validation")
         self.model = Transformer(self.model_config).to(device=self.device)
         self.params = list(self.model.parameters())
         dist.broadcast_parameters(self.params)              # every rank starts from rank 0's weights
@@ -181,10 +192,11 @@ class Trainer:
         if diff:
             raise CheckpointError(f"cannot resume {self.run_dir}: its vocabulary differs from this data's: {diff}")
 
-    def _check_lengths(self, pairs, which):
+    def _check_lengths(self, pairs, examples, which):
+        """Every pair's token ids (`examples`, encoded from `pairs`) fit the model's max_len."""
         max_len = self.model_config.max_len
         for i, (source, target) in enumerate(pairs):
-            n = max(len(self.vocab.encode_source(source)), len(self.vocab.encode_target(target)))
+            n = max(len(examples[i][0]), len(examples[i][1]))
             if n > max_len:
                 raise DataError(f"{which} pair {i + 1} ({source[:60]!r} -> {target[:60]!r}) has {n} tokens, more "
                                 f"than the model's max_len={max_len}; shorten or drop it, or raise max_len")
@@ -288,18 +300,32 @@ class Trainer:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> dict:
-        """Teacher-forced loss and greedy-decoding metrics on the validation pairs."""
-        total, tokens = 0.0, 0
+        """The validation metrics of one evaluation.
+
+        valid_loss and valid_accuracy (% of target tokens whose most likely prediction is right) come
+        from one teacher-forced pass over every validation pair, as in PyTorch's and fairseq's
+        validation loops. exact_match, bleu and chrf come from greedy decoding, which is much dearer
+        (one decoder run per output token), of the first `decode_pairs` pairs; `decoded` says how many.
+        """
+        total, hits, tokens = 0.0, 0, 0
+        examples = self.valid_examples
         with tx.no_grad():
             self.model.eval()
-            examples = encode_pairs(self.vocab, self.valid_pairs)
             lengths = [max(len(s), len(t)) for s, t in examples]
             for rows in batching.batch_order(lengths, self.cfg.batch_size, self.cfg.batch_unit, shuffle=False):
                 batch = batching.collate([examples[i] for i in rows], self.device)
-                total += self.loss(batch, 0.0).item() * batch.n_tokens
+                logits = self.model(batch.src, batch.tgt_in)                     # (B, T, tgt_vocab)
+                V = logits.shape[-1]
+                loss = F.cross_entropy(logits.reshape(-1, V), batch.tgt_out.reshape(-1),   # (B*T, V), (B*T,)
+                                       ignore_index=PAD)
+                total += loss.item() * batch.n_tokens
+                right = (logits.argmax(axis=-1) == batch.tgt_out) & (batch.tgt_out != PAD)   # (B, T)
+                hits += int(right.sum().item())
                 tokens += batch.n_tokens
-        result = {"valid_loss": total / tokens}
-        result.update(self.translator.evaluate(self.valid_pairs, warn=lambda m: None))
+        decoded = self.valid_pairs[:self.decode_pairs]
+        result = {"valid_loss": total / tokens, "valid_accuracy": 100.0 * hits / tokens,
+                  "valid_pairs": len(self.valid_pairs), "decoded": len(decoded)}
+        result.update(self.translator.evaluate(decoded, warn=lambda m: None))
         return result
 
     # ------------------------------------------------------------------ the loop
@@ -402,7 +428,8 @@ class Trainer:
         except BaseException:
             self.metrics.pop()
             raise
-        message = (f"step {record['step']}: valid loss {record['valid_loss']:.3f}, exact match "
+        message = (f"step {record['step']}: valid loss {record['valid_loss']:.3f}, token accuracy "
+                   f"{record['valid_accuracy']:.1f}%; {decoded_note(record, record['valid_pairs'])}: exact match "
                    f"{record['exact_match']:.1f}%, BLEU {format_score(record['bleu'])}, "
                    f"chrF {format_score(record['chrf'])}")
         if bar is not None:
@@ -422,6 +449,13 @@ class Trainer:
         return tqdm(total=steps, initial=self.state.step, unit="step", dynamic_ncols=True, file=sys.stderr)
 
 
+def decoded_note(record: dict, valid_size: int) -> str:
+    """How many validation pairs a metrics record's exact match, BLEU and chrF were decoded from
+    (records written before they were bounded hold no count: all of them)."""
+    decoded = record.get("decoded", valid_size)
+    return f"greedy decoding of {'all' if decoded >= valid_size else decoded} of {valid_size} validation pairs"
+
+
 def _rank_seed(seed: int, rank: int, step: int = 0) -> int:
     """A seed for rank r's dropout generator, different from every other rank's and run's."""
     digest = hashlib.sha256(f"dropout:{seed}:{rank}:{step}".encode()).hexdigest()
@@ -430,10 +464,12 @@ def _rank_seed(seed: int, rank: int, step: int = 0) -> int:
 
 def train(cfg: TrainConfig, run_dir: str, steps: int | None = None, minutes: float | None = None,
           device: str | None = None, resume: bool = False, progress: bool = True, log=None,
-          force: bool = False) -> dict:
-    """Train (or resume) a run; returns the final validation metrics. See Trainer.run.
+          force: bool = False, decode_pairs: int | None = DECODE_PAIRS) -> dict:
+    """Train (or resume) a run; returns the final validation metrics. See Trainer.run and
+    Trainer.validate (`decode_pairs`: validation pairs decoded at each evaluation, None: all).
 
     Raises TrainingDiverged (nothing of the bad step saved) and TrainingInterrupted (after Ctrl-C,
     once the last finished step is saved)."""
-    trainer = Trainer(cfg, run_dir, device=device, resume=resume, progress=progress, log=log, force=force)
+    trainer = Trainer(cfg, run_dir, device=device, resume=resume, progress=progress, log=log, force=force,
+                      decode_pairs=decode_pairs)
     return trainer.run(steps=steps, minutes=minutes)
