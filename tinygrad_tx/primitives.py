@@ -802,10 +802,12 @@ def _rows_matmul(a, b):
 def _add_into(y, b):
     """y + b written into y (a new array of the forward's own, so no one else sees it), unless b's wider
     dtype would promote the sum: then a new array, as NumPy would give."""
-    if y.dtype != backend.array_module(y).result_type(y, b):
+    xp = backend.array_module(y)
+    if y.dtype != xp.result_type(y, b):
         return y + b
-    y += b
-    return y
+    if b.ndim < y.ndim:                           # a bias (n,) against rows (..., n): as (1, ..., n)
+        b = b.reshape((1,) * (y.ndim - b.ndim) + b.shape)
+    return in_threads(xp.add, y, b, out=y)
 
 
 class Linear(Function):
