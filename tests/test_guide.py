@@ -228,6 +228,20 @@ def test_checkpoint_is_loaded_not_retrained(built):
     assert "trained for 30 steps" in trained.summary
 
 
+def test_the_summary_says_when_validation_decoded_only_a_sample():
+    from tinygrad_tx.models.transformer import Transformer
+
+    from tinygrad_tx.app.config import TrainConfig
+    cfg = TrainConfig(task="numbers-en-fr", model=dict(analysis.QUICK_MODEL))
+    model = Transformer(cfg.model_config(10, 10))
+    record = {"step": 500, "seconds": 90.0, "exact_match": 99.0, "decoded": 200, "valid_pairs": 1000}
+    assert "validation exact match 99.0% on 200 of 1000 pairs)" in analysis._describe_run(record, cfg, model)
+    record["decoded"] = 1000
+    assert "validation exact match 99.0%)" in analysis._describe_run(record, cfg, model)
+    del record["decoded"], record["valid_pairs"]                 # a run written before decoding was bounded
+    assert "validation exact match 99.0%)" in analysis._describe_run(record, cfg, model)
+
+
 def test_a_checkpoint_of_another_task_is_refused(tmp_path):
     pytest.importorskip("num2words", reason="pip install num2words")
     from tinygrad_tx.app.config import TrainConfig

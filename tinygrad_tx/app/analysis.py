@@ -76,8 +76,9 @@ def _describe_run(m: dict, cfg, model) -> str:
     n_params = sum(p.data.size for p in model.parameters())
     trained = ""
     if m:
+        sample = f" on {m['decoded']} of {m['valid_pairs']} pairs" if m.get("decoded", 0) < m.get("valid_pairs", 0) else ""
         trained = (f", trained for {m['step']} steps ({m['seconds'] / 60:.1f} minutes of training"
-                   f"; validation exact match {m['exact_match']:.1f}%)")
+                   f"; validation exact match {m['exact_match']:.1f}%{sample})")
     data_name = cfg.task or "a slice of " + TASK
     return (f"a Transformer with d_model={c.d_model}, n_heads={c.n_heads}, d_ff={c.d_ff}, "
             f"{c.n_layers}+{c.n_layers} layers ({n_params:,} parameters) on {data_name}{trained}")
