@@ -1,27 +1,32 @@
 """tx.viz.explore: the interactive page. The data it holds is checked in Python; the page itself in a
 real browser (Debian's chromium, driven by Playwright), where both are installed.
 
-The README's screenshot comes from `test_screenshot_of_a_trained_run`: run it with
-    TX_EXPLORER_RUN=RUN_DIR TX_EXPLORER_PNG=docs/img/explorer.png .venv/bin/python -m pytest tests/test_explore.py
-to take it from a trained run (without them it uses a run trained for a few steps, into tmp_path).
+The README's screenshot comes from `test_screenshot_of_a_trained_run`, of the run the README names:
+    tinygrad-tx train --task numbers-en-fr --out runs/explorer --steps 1500
+    TX_EXPLORER_RUN=runs/explorer TX_EXPLORER_PNG=docs/img/explorer.png .venv/bin/python -m pytest tests/test_explore.py -k screenshot
+(without them it uses a run trained for a few steps, into tmp_path).
 """
 import json
 import os
 import re
+import shlex
 import shutil
 import struct
+from pathlib import Path
 
 import pytest
 
 import tinygrad_tx as tx
 from tinygrad_tx.app import drawings, tasks
-from tinygrad_tx.app.cli import main
+from tinygrad_tx.app.cli import build_parser, main
+from tinygrad_tx.serialization import atomic_write
 from tinygrad_tx.viz.explain import rule
 from tinygrad_tx.viz.explore import page_data
 from tinygrad_tx.viz.graph import draw_graph
 from tinygrad_tx.viz.record import graph_nodes
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+REPO = Path(__file__).resolve().parent.parent
 
 
 def page_json(path) -> dict:
@@ -222,8 +227,28 @@ def test_screenshot_of_a_trained_run(browser, trained_run, tmp_path):
     assert p.page.locator("#attention-map tr").count() == 1 + len(cross["queries"])
     assert p.page.locator("#attention-map td").count() == len(cross["queries"]) * len(cross["keys"])
     png = os.environ.get("TX_EXPLORER_PNG") or str(tmp_path / "explorer.png")
-    p.page.screenshot(path=png)
+    atomic_write(png, p.page.screenshot())                         # the README's picture: whole or not at all
     with open(png, "rb") as f:
         head = f.read(24)
     assert head[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", head[16:24]) == (1500, 950)
     assert p.errors == []
+
+
+def test_the_readme_names_the_commands_that_retake_its_screenshot():
+    """docs/img/explorer.png can be made again: the README's explorer section names the training run
+    and the command that screenshots it (test_screenshot_of_a_trained_run, through TX_EXPLORER_RUN and
+    TX_EXPLORER_PNG), and the committed picture is what that test takes (1500 x 950)."""
+    section = (REPO / "README.md").read_text(encoding="utf-8").split("### The explorer", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.DOTALL)
+    assert block, "the README's explorer section has no bash block with the commands behind its screenshot"
+    train, shoot = block.group(1).strip().splitlines()
+    words = shlex.split(train)
+    assert words[:2] == ["tinygrad-tx", "train"]
+    args = build_parser().parse_args(words[1:])                  # the CLI accepts it as written
+    assert args.steps is not None, "a run of a fixed number of steps comes out the same each time"
+    assert shoot == (f"TX_EXPLORER_RUN={args.out} TX_EXPLORER_PNG=docs/img/explorer.png "
+                     ".venv/bin/python -m pytest tests/test_explore.py -k screenshot")
+    assert '<img src="docs/img/explorer.png"' in section
+    with open(REPO / "docs" / "img" / "explorer.png", "rb") as f:
+        head = f.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", head[16:24]) == (1500, 950)
