@@ -207,7 +207,7 @@ class SGD(Optimizer):
 # memory. NumPy releases the GIL inside each ufunc, so threads that take different chunks run on
 # different cores at once.
 _CHUNK_BYTES = 256 * 1024
-_MIN_ELEMENTS_PER_THREAD = 1 << 18          # below this, a second thread costs more than it saves
+_MIN_ELEMENTS_PER_THREAD = 1 << 19          # below this, a second thread costs more than it saves (see run_in_chunks)
 _pool = None                                # (process id, workers, ThreadPoolExecutor), made on first use
 
 
@@ -222,9 +222,12 @@ def num_threads() -> int:
 
 
 def _thread_pool(workers):
-    """The worker threads, made again in a forked child (which inherits the pool but not its threads)."""
+    """`workers` threads, kept from call to call. A forked child inherits the pool but not its
+    threads, so it makes its own."""
     global _pool
     if _pool is None or _pool[:2] != (os.getpid(), workers):
+        if _pool is not None and _pool[0] == os.getpid():
+            _pool[2].shutdown(wait=False)
         _pool = (os.getpid(), workers, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tx-update"))
     return _pool[2]
 
@@ -378,7 +381,10 @@ class Adam(Optimizer):
             have = [k for k, i in enumerate(flat.indices) if grads[i] is not None]
             steps = {self.state[flat.indices[k]].get("step", 0) for k in have}
             for k in have:
-                self._start(flat, k)["step"] += 1
+                st = self.state[flat.indices[k]]
+                if "step" not in st:                  # its first step: the moments become views
+                    st = self._start(flat, k)
+                st["step"] += 1
             if len(have) == len(flat.indices) and len(steps) == 1 and kernels.accepts([flat.param]):
                 # on the GPU, the whole buffer at once: gather the gradients (one copy), one kernel
                 xp = backend.array_module(flat.param)
@@ -403,18 +409,19 @@ class Adam(Optimizer):
         sizes = [grad.size for grad in grads]
         chunk = _CHUNK_BYTES // flat.param.itemsize if on_cpu else max(sizes)   # CuPy: whole parameters
 
-        def update(share):
-            scratch = None                            # two work arrays, made on first need
-            for j, lo, hi in share:
+        fused = kernels.accepts([flat.param])
+
+        def update(tasks):
+            if not fused:
+                work, g = xp.empty(chunk, dtype=flat.param.dtype), xp.empty(chunk, dtype=flat.param.dtype)
+            for j, lo, hi in tasks:
                 start = flat.bounds[have[j]][0]
                 part = slice(start + lo, start + hi)
                 arrays = (flat.param[part], flat.exp_avg[part], flat.exp_avg_sq[part], grads[j][lo:hi])
-                if kernels.accepts([arrays[0]]):
+                if fused:
                     self._fused_update(*arrays, steps[j])
-                    continue
-                if scratch is None:
-                    scratch = (xp.empty(chunk, dtype=flat.param.dtype), xp.empty(chunk, dtype=flat.param.dtype))
-                self._elementwise_update(*arrays, steps[j], scratch[0][:hi - lo], scratch[1][:hi - lo])
+                else:
+                    self._elementwise_update(*arrays, steps[j], work[:hi - lo], g[:hi - lo])
 
         run_in_chunks(update, sizes, chunk, threads=None if on_cpu else 1)
 
