@@ -6,7 +6,8 @@
 For each benchmark configuration the parameters have the shapes of that Transformer's parameters
 (float32, random values and gradients). Steps alternate between the variants, and the table gives
 median milliseconds per step:
-  - tinygrad_tx: tx.optim.Adam as it runs (chunks on $TX_NUM_THREADS threads, default the cores);
+  - tinygrad_tx: tx.optim.Adam as it runs (chunks on tx.get_num_threads() threads: $TX_NUM_THREADS,
+    else the cores);
   - 1 thread: the same with one thread;
   - whole arrays: one thread, every pass over a whole parameter (chunks as large as the largest
     parameter), the way the update ran before it was cut into chunks;
@@ -42,15 +43,14 @@ def ours(values, grads, threads=None, chunk_bytes=None):
     opt = optim.Adam(params, **HYPER)
 
     def step():
-        saved = optim.num_threads, optim._CHUNK_BYTES
+        default_chunk = optim._CHUNK_BYTES
         try:
-            if threads is not None:
-                optim.num_threads = lambda: threads
-            if chunk_bytes is not None:
-                optim._CHUNK_BYTES = chunk_bytes
+            tx.set_num_threads(threads)
+            optim._CHUNK_BYTES = chunk_bytes or default_chunk
             opt.step()
         finally:
-            optim.num_threads, optim._CHUNK_BYTES = saved
+            tx.set_num_threads(None)
+            optim._CHUNK_BYTES = default_chunk
     return step
 
 
@@ -89,7 +89,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     before = load_average()
     rows = [measure(name, args.repeats) for name in args.configs]
-    print(f"Machine: {machine_description()}; tinygrad_tx threads {optim.num_threads()}, torch threads "
+    print(f"Machine: {machine_description()}; tinygrad_tx threads {tx.get_num_threads()}, torch threads "
           f"{torch.get_num_threads()}; load average {before} at the start, {load_average()} at the end; "
           f"medians of {args.repeats} steps, alternating.\n")
     print("| config | tensors | parameters | tinygrad_tx ms | 1 thread ms | whole arrays ms | torch ms | ratio |")

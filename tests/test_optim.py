@@ -1,5 +1,6 @@
 """tinygrad_tx.optim against torch.optim: same parameters, same gradients, same trajectory."""
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ import torch
 from conftest import to_host
 
 import tinygrad_tx as tx
-from tinygrad_tx import optim
+from tinygrad_tx import optim, threads
 
 SHAPES = [(3, 4), (4,), (2, 3, 2)]
 N_STEPS = 6
@@ -153,45 +154,44 @@ class _Holder(tx.nn.Module):
 
 
 # ---------------------------------------------------------------------------- chunks on threads
-@pytest.mark.parametrize("threads", [1, 2, 3])
-def test_run_in_chunks_updates_every_element_exactly_once(threads, monkeypatch):
+@pytest.fixture
+def thread_count():
+    """tx.set_num_threads for one test; the default comes back afterwards."""
+    yield threads.set_num_threads
+    threads.set_num_threads(None)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_run_in_chunks_updates_every_element_exactly_once(count, thread_count, monkeypatch):
     """Pieces of sizes that the chunk does not divide, an empty one, a single element: each
     element is visited once, whichever thread takes its chunk."""
-    monkeypatch.setattr(optim, "_MIN_ELEMENTS_PER_THREAD", 1)
+    monkeypatch.setattr(threads, "MIN_BYTES", 0)
+    thread_count(count)
     sizes = [23, 0, 1, 7, 50, 6]
     visits = [np.zeros(n, dtype=np.int64) for n in sizes]
-    seen_tasks = []
+    calls = []
 
     def update(tasks):
+        calls.append(len(tasks))                # one call per thread's share
         for j, lo, hi in tasks:
             assert 0 <= lo < hi <= sizes[j] and hi - lo <= 7
-            seen_tasks.append((j, lo, hi))
             visits[j][lo:hi] += 1          # each thread writes only the chunks it took
-    optim.run_in_chunks(update, sizes, chunk=7, threads=threads)
+    optim.run_in_chunks(update, sizes, chunk=7, nbytes=0)
     for j, v in enumerate(visits):
         np.testing.assert_array_equal(v, np.ones(sizes[j], dtype=np.int64), err_msg=f"piece {j}")
-    assert len(seen_tasks) == 4 + 0 + 1 + 1 + 8 + 1
+    assert sum(calls) == 4 + 0 + 1 + 1 + 8 + 1 and len(calls) == count
 
 
-def test_run_in_chunks_raises_what_a_worker_raised(monkeypatch):
-    monkeypatch.setattr(optim, "_MIN_ELEMENTS_PER_THREAD", 1)
+def test_run_in_chunks_raises_what_a_worker_raised(thread_count, monkeypatch):
+    monkeypatch.setattr(threads, "MIN_BYTES", 0)
+    thread_count(2)
 
     def update(tasks):
         for j, lo, hi in tasks:
-            if j == 3:
-                raise RuntimeError("chunk of piece 3")
-    with pytest.raises(RuntimeError, match="piece 3"):
-        optim.run_in_chunks(update, [10] * 8, chunk=2, threads=2)
-
-
-def test_num_threads_reads_the_environment(monkeypatch):
-    monkeypatch.setenv("TX_NUM_THREADS", "3")
-    assert optim.num_threads() == 3
-    monkeypatch.setenv("TX_NUM_THREADS", "0")
-    with pytest.raises(ValueError, match="TX_NUM_THREADS.*'0'"):
-        optim.num_threads()
-    monkeypatch.delenv("TX_NUM_THREADS")
-    assert 1 <= optim.num_threads() <= 8
+            if j == 7:
+                raise RuntimeError("chunk of piece 7")       # in the second half: a worker thread
+    with pytest.raises(RuntimeError, match="piece 7"):
+        optim.run_in_chunks(update, [10] * 8, chunk=2, nbytes=0)
 
 
 def adam_run(cls, kwargs, values, n_steps, dtype):
@@ -201,44 +201,49 @@ def adam_run(cls, kwargs, values, n_steps, dtype):
     return [p.numpy() for p in params], state
 
 
+def assert_same_bits(run, other):
+    """Parameters and moments of two adam_run results are equal, bit for bit."""
+    for a, b in zip(run[0] + [a for st in run[1] for a in st.values()],
+                    other[0] + [b for st in other[1] for b in st.values()]):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("ours, theirs, kwargs", ADAMS, ids=ADAM_IDS)
-def test_adam_in_small_chunks_on_threads_is_bit_for_bit_the_same(ours, theirs, kwargs, monkeypatch):
+def test_adam_in_small_chunks_on_threads_is_bit_for_bit_the_same(ours, theirs, kwargs, thread_count, monkeypatch):
     """Chunks of 5 elements (so that every parameter, of 1 to 12 elements, is cut at places the
     chunk does not divide) on 3 threads give exactly the arrays of the unchunked single-thread
     update, and torch's trajectory: a skipped or repeated chunk would move away from both."""
     values = initial_values(4) + [np.array(0.5), np.arange(7.0) / 7]        # a 0-d and a 7-element parameter
+    thread_count(1)
     whole = adam_run(ours, kwargs, values, N_STEPS, "float64")
     monkeypatch.setattr(optim, "_CHUNK_BYTES", 5 * 8)
-    monkeypatch.setattr(optim, "_MIN_ELEMENTS_PER_THREAD", 1)
-    monkeypatch.setenv("TX_NUM_THREADS", "3")
+    monkeypatch.setattr(threads, "MIN_BYTES", 0)
+    thread_count(3)
     chunked = adam_run(ours, kwargs, values, N_STEPS, "float64")
-    for a, b in zip(whole[0] + [a for st in whole[1] for a in st.values()],
-                    chunked[0] + [b for st in chunked[1] for b in st.values()]):
-        np.testing.assert_array_equal(a, b)
+    assert_same_bits(whole, chunked)
     expected = run_torch(theirs, kwargs, values, N_STEPS, torch.float64)
     for p, e in zip(chunked[0], expected):
         np.testing.assert_allclose(p, e, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("ours, kwargs", [(optim.Adam, {"weight_decay": 0.1}), (optim.AdamW, {})])
-def test_adam_on_threads_equals_one_thread_on_a_large_buffer(ours, kwargs, monkeypatch):
+def test_adam_on_threads_equals_one_thread_on_a_large_buffer(ours, kwargs, thread_count, monkeypatch):
     """At the default chunk size and thread threshold, a buffer of 1.3M float32 elements is
     shared among two threads; the result is the same, bit for bit, as with one thread."""
     rng = np.random.default_rng(9)
     values = [rng.standard_normal(s).astype(np.float32) for s in [(1000, 700), (3,), (600_001,), ()]]
     kwargs = {"lr": 1e-2, **kwargs}
-    monkeypatch.setenv("TX_NUM_THREADS", "1")
+    names = set()
+    update = optim.Adam._elementwise_update
+    monkeypatch.setattr(optim.Adam, "_elementwise_update",
+                        lambda *args: names.add(threading.current_thread().name) or update(*args))
+    thread_count(1)
     single = adam_run(ours, kwargs, values, 3, "float32")
-    pools = []
-    real_pool = optim._thread_pool
-    monkeypatch.setattr(optim, "_thread_pool", lambda workers: pools.append(workers) or real_pool(workers))
-    assert not pools
-    monkeypatch.setenv("TX_NUM_THREADS", "2")
+    assert names == {threading.current_thread().name}
+    thread_count(2)
     threaded = adam_run(ours, kwargs, values, 3, "float32")
-    assert pools == [1] * 3                                  # one worker beside the calling thread, every step
-    for a, b in zip(single[0] + [a for st in single[1] for a in st.values()],
-                    threaded[0] + [b for st in threaded[1] for b in st.values()]):
-        np.testing.assert_array_equal(a, b)
+    assert names - {threading.current_thread().name}        # a worker thread took part
+    assert_same_bits(single, threaded)
 
 
 def test_lr_zero_freezes_sgd():

@@ -11,11 +11,9 @@ Usage:
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
-from queue import Empty, SimpleQueue
+from bisect import bisect_left
 
-from . import backend, kernels
+from . import backend, kernels, threads
 from .tensor import Tensor
 
 
@@ -204,68 +202,31 @@ class SGD(Optimizer):
 # whole arrays of the `paper` model (56M float32 parameters, 225 MB per array) every pass streams
 # its arrays from memory; on chunks of 256 KB per array, the five arrays of a chunk (p, m, v, grad,
 # scratch) stay in a core's 2 MB L2 cache for all the passes, and only the first and last touch
-# memory. NumPy releases the GIL inside each ufunc, so threads that take different chunks run on
-# different cores at once.
+# memory. The chunks are shared among threads.num_threads() threads (NumPy releases the GIL inside
+# each ufunc, so they run on different cores at once).
 _CHUNK_BYTES = 256 * 1024
-_MIN_ELEMENTS_PER_THREAD = 1 << 19          # below this, a second thread costs more than it saves (see run_in_chunks)
-_pool = None                                # (process id, workers, ThreadPoolExecutor), made on first use
 
 
-def num_threads() -> int:
-    """Threads for elementwise updates on the CPU: $TX_NUM_THREADS, else the machine's cores (at most 8)."""
-    value = os.environ.get("TX_NUM_THREADS")
-    if value is None:
-        return min(os.cpu_count() or 1, 8)
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"TX_NUM_THREADS must be a whole number >= 1, got {value!r}")
-    return int(value)
-
-
-def _thread_pool(workers):
-    """`workers` threads, kept from call to call. A forked child inherits the pool but not its
-    threads, so it makes its own."""
-    global _pool
-    if _pool is None or _pool[:2] != (os.getpid(), workers):
-        if _pool is not None and _pool[0] == os.getpid():
-            _pool[2].shutdown(wait=False)
-        _pool = (os.getpid(), workers, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tx-update"))
-    return _pool[2]
-
-
-def run_in_chunks(update, sizes, chunk, threads=None):
+def run_in_chunks(update, sizes, chunk, nbytes):
     """Run an elementwise update over pieces of `sizes` elements, cut into chunks, on threads.
 
-    Each piece j (a parameter) is cut into chunks [lo, hi) of at most `chunk` elements, and
-    `update(tasks)` runs on each of `threads` threads (default num_threads(), fewer when there is
-    too little work; the calling thread is one of them), with `tasks` an iterable of (j, lo, hi)
-    that hands each chunk to whichever thread asks first, so a thread whose core is busy with
-    another process takes fewer chunks. Every element goes through the same operations whichever
-    chunk or thread it falls in, so the result is identical, bit for bit, with any number of threads.
+    Each piece j (a parameter) is cut into chunks (j, lo, hi) of at most `chunk` elements, and
+    update(tasks) runs on lists of them. threads.for_each_chunk splits the elements of all pieces
+    into one contiguous range per thread (when `nbytes`, the memory the update reads and writes,
+    is large enough), and a thread takes the chunks that begin in its range: every chunk exactly
+    once, and the threads get about equal work however the pieces' sizes vary. Every element goes
+    through the same operations whichever chunk or thread it falls in, so the result is identical,
+    bit for bit, with any number of threads.
     """
     tasks = [(j, lo, min(lo + chunk, n)) for j, n in enumerate(sizes) for lo in range(0, n, chunk)]
-    threads = num_threads() if threads is None else threads
-    threads = max(1, min(threads, sum(sizes) // _MIN_ELEMENTS_PER_THREAD))
-    if threads == 1:
-        update(tasks)
-        return
-    queue = SimpleQueue()                     # thread-safe: each chunk is taken exactly once
-    for task in tasks:
-        queue.put(task)
-    futures = [_thread_pool(threads - 1).submit(update, _drain(queue)) for _ in range(threads - 1)]
-    try:
-        update(_drain(queue))
-    finally:
-        for future in futures:
-            future.result()                 # waits, and raises what a worker raised
+    begins = [0]                                    # begins[t]: the element where task t begins
+    for _, lo, hi in tasks:
+        begins.append(begins[-1] + hi - lo)
+    del begins[-1]
 
-
-def _drain(queue):
-    """The items of a queue that other threads also take from, until it is empty."""
-    while True:
-        try:
-            yield queue.get_nowait()
-        except Empty:
-            return
+    def run(start, stop):                           # the tasks that begin in elements start:stop
+        update(tasks[bisect_left(begins, start):bisect_left(begins, stop)])
+    threads.for_each_chunk(run, sum(sizes), nbytes)
 
 
 # ---------------------------------------------------------------------------- Adam and AdamW
@@ -315,8 +276,9 @@ class Adam(Optimizer):
     and the same step count (the usual case), a step gathers the gradients (one copy) and updates
     the whole buffer with one fused kernel (kernels.adam_step) instead of about ten kernels per
     parameter. On the CPU each parameter is updated in place on its own part of the buffers, in
-    cache-sized chunks shared among $TX_NUM_THREADS threads (default: the machine's cores; see
-    run_in_chunks). state_dict() and load_state_dict() see one entry per parameter.
+    cache-sized chunks shared among the threads of tx.set_num_threads (default $TX_NUM_THREADS, else
+    the machine's cores; see run_in_chunks). state_dict() and load_state_dict() see one entry per
+    parameter.
     """
     hyperparameters = ("lr", "beta1", "beta2", "eps", "weight_decay")
     state_names = ("exp_avg", "exp_avg_sq")
@@ -423,7 +385,10 @@ class Adam(Optimizer):
                 else:
                     self._elementwise_update(*arrays, steps[j], work[:hi - lo], g[:hi - lo])
 
-        run_in_chunks(update, sizes, chunk, threads=None if on_cpu else 1)
+        if on_cpu:       # the update reads p, m, v and grad and writes p, m and v
+            run_in_chunks(update, sizes, chunk, nbytes=7 * flat.param.itemsize * sum(sizes))
+        else:
+            update([(j, 0, n) for j, n in enumerate(sizes)])
 
     def _scalars(self, t):
         """The step's constants: step_size = lr / (1 - beta1^t) and sqrt(1 - beta2^t)."""
