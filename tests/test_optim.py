@@ -166,6 +166,7 @@ def test_run_in_chunks_updates_every_element_exactly_once(count, thread_count, m
     """Pieces of sizes that the chunk does not divide, an empty one, a single element: each
     element is visited once, whichever thread takes its chunk."""
     monkeypatch.setattr(threads, "MIN_BYTES", 0)
+    monkeypatch.setattr(optim, "_MIN_ELEMENTS_FOR_THREADS", 0)
     thread_count(count)
     sizes = [23, 0, 1, 7, 50, 6]
     visits = [np.zeros(n, dtype=np.int64) for n in sizes]
@@ -184,6 +185,7 @@ def test_run_in_chunks_updates_every_element_exactly_once(count, thread_count, m
 
 def test_run_in_chunks_raises_what_a_worker_raised(thread_count, monkeypatch):
     monkeypatch.setattr(threads, "MIN_BYTES", 0)
+    monkeypatch.setattr(optim, "_MIN_ELEMENTS_FOR_THREADS", 0)
     thread_count(2)
 
     def update(tasks):
@@ -218,6 +220,7 @@ def test_adam_in_small_chunks_on_threads_is_bit_for_bit_the_same(ours, theirs, k
     whole = adam_run(ours, kwargs, values, N_STEPS, "float64")
     monkeypatch.setattr(optim, "_CHUNK_BYTES", 5 * 8)
     monkeypatch.setattr(threads, "MIN_BYTES", 0)
+    monkeypatch.setattr(optim, "_MIN_ELEMENTS_FOR_THREADS", 0)
     thread_count(3)
     chunked = adam_run(ours, kwargs, values, N_STEPS, "float64")
     assert_same_bits(whole, chunked)
@@ -228,10 +231,10 @@ def test_adam_in_small_chunks_on_threads_is_bit_for_bit_the_same(ours, theirs, k
 
 @pytest.mark.parametrize("ours, kwargs", [(optim.Adam, {"weight_decay": 0.1}), (optim.AdamW, {})])
 def test_adam_on_threads_equals_one_thread_on_a_large_buffer(ours, kwargs, thread_count, monkeypatch):
-    """At the default chunk size and thread threshold, a buffer of 1.3M float32 elements is
+    """At the default chunk size and thread thresholds, a buffer of 2.2M float32 elements is
     shared among two threads; the result is the same, bit for bit, as with one thread."""
     rng = np.random.default_rng(9)
-    values = [rng.standard_normal(s).astype(np.float32) for s in [(1000, 700), (3,), (600_001,), ()]]
+    values = [rng.standard_normal(s).astype(np.float32) for s in [(1500, 1000), (3,), (700_001,), ()]]
     kwargs = {"lr": 1e-2, **kwargs}
     names = set()
     update = optim.Adam._elementwise_update

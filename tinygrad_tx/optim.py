@@ -205,20 +205,29 @@ class SGD(Optimizer):
 # memory. The chunks are shared among threads.num_threads() threads (NumPy releases the GIL inside
 # each ufunc, so they run on different cores at once).
 _CHUNK_BYTES = 256 * 1024
+# Below this many elements the update stays on the calling thread: each chunk's dozen ufunc calls
+# hold the GIL for their Python overhead, which for many small parameters outweighs the work. On the
+# 2-core machine (benchmarks/optim.md): `small` (1.0M elements in 88 parameters) took 4.1 ms on one
+# thread and 5.2 ms on two, `base` (6.3M in 130) 22.5 and 21.5 ms, `paper` (56M) 233 and 168 ms.
+_MIN_ELEMENTS_FOR_THREADS = 2 << 20
 
 
 def run_in_chunks(update, sizes, chunk, nbytes):
     """Run an elementwise update over pieces of `sizes` elements, cut into chunks, on threads.
 
     Each piece j (a parameter) is cut into chunks (j, lo, hi) of at most `chunk` elements, and
-    update(tasks) runs on lists of them. threads.for_each_chunk splits the elements of all pieces
-    into one contiguous range per thread (when `nbytes`, the memory the update reads and writes,
-    is large enough), and a thread takes the chunks that begin in its range: every chunk exactly
-    once, and the threads get about equal work however the pieces' sizes vary. Every element goes
-    through the same operations whichever chunk or thread it falls in, so the result is identical,
-    bit for bit, with any number of threads.
+    update(tasks) runs on lists of them. From _MIN_ELEMENTS_FOR_THREADS elements on,
+    threads.for_each_chunk splits the elements of all pieces into one contiguous range per thread
+    (when `nbytes`, the memory the update reads and writes, is large enough for it too), and each
+    thread takes the chunks that begin in its range: every chunk exactly once, and about equal work
+    per thread however the pieces' sizes vary. Every element goes through the same operations
+    whichever chunk or thread it falls in, so the result is identical, bit for bit, with any number
+    of threads.
     """
     tasks = [(j, lo, min(lo + chunk, n)) for j, n in enumerate(sizes) for lo in range(0, n, chunk)]
+    if sum(sizes) < _MIN_ELEMENTS_FOR_THREADS:
+        update(tasks)
+        return
     begins = [0]                                    # begins[t]: the element where task t begins
     for _, lo, hi in tasks:
         begins.append(begins[-1] + hi - lo)
@@ -232,8 +241,8 @@ def run_in_chunks(update, sizes, chunk, nbytes):
 # ---------------------------------------------------------------------------- Adam and AdamW
 class _Flat:
     """The parameters of one device and dtype side by side in one flat buffer (each parameter's
-    .data becomes a view into it), with Adam's two moments and the gathered gradients in flat
-    buffers of the same layout. One step is then one pass over each buffer."""
+    .data becomes a view into it), with Adam's two moments in flat buffers of the same layout. On
+    the GPU the gradients are gathered into a fourth, and one kernel updates the whole buffer."""
 
     def __init__(self, indices, params):
         first = params[indices[0]]
