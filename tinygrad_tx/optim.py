@@ -371,7 +371,9 @@ class Adam(Optimizer):
 
         On the CPU each parameter is cut into chunks of 256 KB per array, which stay in cache across
         the dozen passes of the update, and the chunks are shared among the worker threads. On the
-        2-core machine this was measured on, `paper`'s step went from ... (see benchmarks/optim.md).
+        project's 2-core machine `paper`'s step (56M parameters) took 299 ms with every pass over
+        whole parameters, 233 ms in chunks and 168 ms in chunks on two threads; torch.optim.Adam
+        took 189 ms (benchmarks/optim.md).
         """
         xp = backend.array_module(flat.param)
         on_cpu = backend.device_of(flat.param) == "cpu"
