@@ -152,6 +152,12 @@ def raise_deferred() -> None:
             raise type(e)(f"{op}: {e} (checked on the GPU; raised at the next read of a value)")
 
 
+def quiet_nan():
+    """A `with` block in which NumPy does not warn when it makes nan or inf on purpose, as the mean
+    over no rows does (0 / 0 = nan, as torch gives, silently). CuPy never warns."""
+    return numpy.errstate(invalid="ignore", divide="ignore")
+
+
 def host_array(data):
     """A NumPy array from Python data (scalars, nested lists)."""
     return numpy.asarray(data)

@@ -1153,7 +1153,10 @@ def _cross_entropy_reduce(ctx, loss, kept, t, valid, logits, target_shape, smoot
     if reduction == "none":
         return loss.reshape(target_shape)
     total = loss.sum()
-    return total if reduction == "sum" else total / ctx.n_valid.astype(total.dtype)
+    if reduction == "sum":
+        return total
+    with backend.quiet_nan():                   # every row ignored: 0 / 0 = nan, as torch's mean
+        return total / ctx.n_valid.astype(total.dtype)
 
 
 def _cross_entropy_row_weight(ctx, g, valid, dtype):
