@@ -28,6 +28,11 @@ differentiable any number of times. Arithmetic operators and the methods arrays 
 (`.sum`, `.mean`, `.reshape`, indexing) work on both; for the rest, the helpers just below pick the
 array version or the primitive by their argument. A derivative that is no composition of existing
 primitives got a primitive of its own: BroadcastTo (the adjoint of Sum), IndexAdd (of GetItem).
+
+Speed on the CPU, without changing a bit of the results: `in_threads` and `by_rows` cut large arrays
+into blocks of rows that several threads compute at once (threads.py; NumPy runs each call on one
+core, torch on all of them), and `sum_along` and `max_along` reduce short rows faster than NumPy's
+own reductions. Each states what it saves, measured.
 """
 from __future__ import annotations
 
