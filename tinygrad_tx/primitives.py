@@ -29,7 +29,7 @@ differentiable any number of times. Arithmetic operators and the methods arrays 
 array version or the primitive by their argument. A derivative that is no composition of existing
 primitives got a primitive of its own: BroadcastTo (the adjoint of Sum), IndexAdd (of GetItem).
 
-Speed on the CPU, without changing a bit of the results: `in_threads` and `by_rows` cut large arrays
+Speed on the CPU (the same bits with any number of threads): `in_threads` and `by_rows` cut large arrays
 into blocks of rows that several threads compute at once (threads.py; NumPy runs each call on one
 core, torch on all of them), and `sum_along` and `max_along` reduce short rows faster than NumPy's
 own reductions. Each states what it saves, measured.
