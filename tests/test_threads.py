@@ -4,6 +4,9 @@ The primitives switch to threads only for arrays of a few MB (threads.MIN_BYTES)
 that threshold to 0 and ask for 3 threads, so that small arrays with awkward sizes (fewer rows than
 threads, rows that do not divide evenly) take the threaded path, and compare it with one thread.
 """
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -157,3 +160,24 @@ def test_training_step_is_bit_identical_with_threads(B, heads, T, d, C, seed):
         three = _step(x, target, mask, w, gain)
     for a, b in zip(one, three):
         assert np.array_equal(a, b, equal_nan=True)     # (nan: every target ignored)
+
+
+def _child_threads(code, **env):
+    """get_num_threads() and $OPENBLAS_THREAD_TIMEOUT as seen by a fresh interpreter running `code`."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("TX_NUM_THREADS", "OPENBLAS_THREAD_TIMEOUT")}
+    environ.update(env)
+    out = subprocess.run([sys.executable, "-c", code + "; import os, tinygrad_tx as tx; "
+                          "print(tx.get_num_threads(), os.environ.get('OPENBLAS_THREAD_TIMEOUT'))"],
+                         env=environ, capture_output=True, text=True, check=True).stdout.split()
+    return int(out[0]), out[1]
+
+
+def test_default_thread_count_depends_on_whether_openblas_spins():
+    cores = max(1, min(os.cpu_count() or 1, 8))
+    # imported first, tinygrad_tx makes OpenBLAS's threads sleep soon after a product: all cores
+    assert _child_threads("import tinygrad_tx") == (cores, "4")
+    # NumPy first, without the setting: OpenBLAS spins, and our threads would only compete with it
+    assert _child_threads("import numpy") == (1, "4")
+    # NumPy first, but the user set it: their value, and all cores
+    assert _child_threads("import numpy", OPENBLAS_THREAD_TIMEOUT="6") == (cores, "6")
+    assert _child_threads("import numpy", TX_NUM_THREADS="3") == (3, "4")

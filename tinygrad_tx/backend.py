@@ -9,8 +9,19 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 
-import numpy
+# OpenBLAS, NumPy's BLAS, keeps its worker threads spinning for about 0.1 s after each matrix product
+# (2^28 cycles) so that the next one starts sooner. Between two products a training step runs its
+# elementwise work, and on a machine with few cores the spinning thread holds the core that this
+# work's own threads (threads.py) need: on the 2-core machine a `base` step with two threads was 10%
+# slower than with one, and 10% faster once OpenBLAS spins for 2^4 cycles only. OpenBLAS reads the
+# setting when NumPy loads it, so it works when tinygrad_tx is imported before NumPy (the CLI is);
+# a value the user set wins. threads.py uses one thread when the setting could not take effect.
+BLAS_SPINS_SHORT = "numpy" not in sys.modules or "OPENBLAS_THREAD_TIMEOUT" in os.environ
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import numpy  # after the setting above
 
 DEVICES = ("cpu", "cuda")
 CUDA_HINT = ("device 'cuda' needs CuPy and an NVIDIA GPU: install CuPy with `pip install tinygrad-tx[gpu]` "

@@ -11,13 +11,17 @@ work is shorter than that or limited by memory bandwidth. Measured on the projec
 8 MB 1.02 and 0.64 ms; 32 MB 6.0 and 2.7 ms. Hence `MIN_BYTES`.
 
 The number of threads is `set_num_threads(n)` (as torch.set_num_threads), else $TX_NUM_THREADS, else
-the machine's cores (at most 8); 1 switches threads off. CuPy arrays never come here: the GPU has
-its own parallelism.
+the machine's cores (at most 8); 1 switches threads off. The cores are shared with OpenBLAS's own
+threads, which must not spin between matrix products for ours to gain (see backend.py): import
+tinygrad_tx before NumPy, or set OPENBLAS_THREAD_TIMEOUT=4, or the default is one thread. CuPy
+arrays never come here: the GPU has its own parallelism.
 """
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+
+from . import backend
 
 MIN_BYTES = 4 << 20       # split work only when it touches at least this many bytes
 
@@ -33,10 +37,17 @@ def num_threads() -> int:
     if _count is None:
         value = os.environ.get("TX_NUM_THREADS")
         try:
-            _count = max(1, int(value)) if value else max(1, min(os.cpu_count() or 1, 8))
+            _count = max(1, int(value)) if value else _default_count()
         except ValueError:
             raise ValueError(f"TX_NUM_THREADS must be a whole number, not {value!r}") from None
     return _count
+
+
+def _default_count() -> int:
+    """The machine's cores (at most 8), or 1 when NumPy was imported before tinygrad_tx without
+    $OPENBLAS_THREAD_TIMEOUT: OpenBLAS's threads then spin on the cores after every matrix product
+    (backend.py), and our threads, competing with them, made a training step slower, not faster."""
+    return max(1, min(os.cpu_count() or 1, 8)) if backend.BLAS_SPINS_SHORT else 1
 
 
 def set_num_threads(n: int | None) -> None:
