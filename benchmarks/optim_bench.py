@@ -2,7 +2,7 @@
 
     python benchmarks/optim_bench.py                        # small, base, paper; medians of 15 steps
     python benchmarks/optim_bench.py --configs base --repeats 31
-    python benchmarks/optim_bench.py --in-training --configs paper --repeats 3    # ours, inside training steps
+    python benchmarks/optim_bench.py --in-training --configs paper --repeats 3    # inside training steps
 
 For each benchmark configuration the parameters have the shapes of that Transformer's parameters
 (float32, random values and gradients). Steps alternate between the variants, and the table gives
@@ -13,8 +13,8 @@ median milliseconds per step:
   - whole arrays: one thread, every pass over a whole parameter (chunks as large as the largest
     parameter), the way the update ran before it was cut into chunks;
   - torch: torch.optim.Adam with torch's own threads (torch.get_num_threads()).
-With --in-training, the first three variants update the benchmark's Transformer after a real forward
-and backward pass each (the gradients fresh from backward, as in training), and no torch column.
+With --in-training, each variant updates the benchmark's model (ours, and torch.nn.Transformer as the
+training benchmark builds it) after a real forward and backward pass, with gradients fresh from backward.
 """
 import argparse
 import statistics
@@ -26,7 +26,7 @@ from tinygrad_tx.models.transformer import Transformer, TransformerConfig
 
 import tinygrad_tx as tx
 from tinygrad_tx import optim
-from tinygrad_tx.app.bench import CONFIGS, PAD, load_average, machine_description, make_batch
+from tinygrad_tx.app.bench import CONFIGS, PAD, load_average, machine_description, make_batch, torch_setup
 
 HYPER = {"lr": 1e-4, "betas": (0.9, 0.98), "eps": 1e-9}         # as the training benchmark's Adam
 
@@ -89,27 +89,50 @@ def measure(name, repeats):
 
 
 def measure_in_training(name, repeats):
-    """Adam's step after a real forward and backward pass of the benchmark's Transformer, per variant."""
+    """Each optimizer's step after a real forward and backward pass of the benchmark's model (the
+    tinygrad_tx Transformer, and torch.nn.Transformer as the training benchmark builds it)."""
     c = CONFIGS[name]
     tx.manual_seed(0)
     model = Transformer(TransformerConfig(src_vocab=c.vocab, tgt_vocab=c.vocab, d_model=c.d_model, n_heads=c.n_heads,
                                           d_ff=c.d_ff, n_layers=c.n_layers, dropout=0.0, pad_id=PAD))
     opt = optim.Adam(model.parameters(), **HYPER)
-    src, tgt_in, tgt_out = (tx.Tensor(a) for a in make_batch(c))
-    largest = max(p.data.nbytes for p in model.parameters())
-    variants = {"tinygrad_tx": step_with(opt), "1 thread": step_with(opt, threads=1),
-                "whole arrays": step_with(opt, threads=1, chunk_bytes=largest)}
-    times = {key: [] for key in variants}
-    for repeat in range(repeats + 1):
-        for key, step in variants.items():
-            logits = model(src, tgt_in)
-            loss = tx.functional.cross_entropy(logits, tgt_out, ignore_index=PAD, label_smoothing=0.1)
+    batch = make_batch(c)
+    src, tgt_in, tgt_out = (tx.Tensor(a) for a in batch)
+
+    def ours_after_backward(step):
+        def run():
+            loss = tx.functional.cross_entropy(model(src, tgt_in), tgt_out, ignore_index=PAD, label_smoothing=0.1)
             opt.zero_grad()
             loss.backward()
             start = time.perf_counter()
             step()
+            return time.perf_counter() - start
+        return run
+
+    t_model = torch_setup(c)[0]
+    t_opt = torch.optim.Adam(t_model.parameters(), **HYPER)
+    t_src, t_tgt_in, t_tgt_out = (torch.tensor(a) for a in batch)
+    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=PAD, label_smoothing=0.1)
+
+    def theirs_after_backward():
+        loss = loss_fn(t_model(t_src, t_tgt_in).reshape(-1, c.vocab), t_tgt_out.reshape(-1))
+        t_opt.zero_grad()
+        loss.backward()
+        start = time.perf_counter()
+        t_opt.step()
+        return time.perf_counter() - start
+
+    largest = max(p.data.nbytes for p in model.parameters())
+    variants = {"tinygrad_tx": ours_after_backward(step_with(opt)),
+                "1 thread": ours_after_backward(step_with(opt, threads=1)),
+                "whole arrays": ours_after_backward(step_with(opt, threads=1, chunk_bytes=largest)),
+                "torch": theirs_after_backward}
+    times = {key: [] for key in variants}
+    for repeat in range(repeats + 1):                 # the first round is warm-up
+        for key, run in variants.items():
+            elapsed = run()
             if repeat:
-                times[key].append(time.perf_counter() - start)
+                times[key].append(elapsed)
     ms = {key: 1e3 * statistics.median(t) for key, t in times.items()}
     return {"config": name, "tensors": len(opt.params), "parameters": sum(p.size for p in opt.params), **ms}
 
@@ -118,23 +141,18 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["small", "base", "paper"])
     p.add_argument("--repeats", type=int, default=15, help="timed steps per variant (medians)")
-    p.add_argument("--in-training", action="store_true", help="time our step inside training steps (no torch)")
+    p.add_argument("--in-training", action="store_true", help="time each step after a real forward and backward pass")
     args = p.parse_args(argv)
     before = load_average()
     rows = [(measure_in_training if args.in_training else measure)(name, args.repeats) for name in args.configs]
     print(f"Machine: {machine_description()}; tinygrad_tx threads {tx.get_num_threads()}, torch threads "
           f"{torch.get_num_threads()}; load average {before} at the start, {load_average()} at the end; "
           f"medians of {args.repeats} steps, alternating{' (inside training steps)' if args.in_training else ''}.\n")
-    torch_columns = " torch ms | ratio |" if not args.in_training else ""
-    print(f"| config | tensors | parameters | tinygrad_tx ms | 1 thread ms | whole arrays ms |{torch_columns}")
-    print("|---" * (8 if torch_columns else 6) + "|")
+    print("| config | tensors | parameters | tinygrad_tx ms | 1 thread ms | whole arrays ms | torch ms | ratio |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        line = (f"| {r['config']} | {r['tensors']} | {r['parameters'] / 1e6:.1f}M | {r['tinygrad_tx']:.1f} | "
-                f"{r['1 thread']:.1f} | {r['whole arrays']:.1f} |")
-        if torch_columns:
-            line += f" {r['torch']:.1f} | {r['tinygrad_tx'] / r['torch']:.2f} |"
-        print(line)
-
+        print(f"| {r['config']} | {r['tensors']} | {r['parameters'] / 1e6:.1f}M | {r['tinygrad_tx']:.1f} | "
+              f"{r['1 thread']:.1f} | {r['whole arrays']:.1f} | {r['torch']:.1f} | {r['tinygrad_tx'] / r['torch']:.2f} |")
 
 if __name__ == "__main__":
     main()
