@@ -20,11 +20,13 @@ import argparse
 import statistics
 import time
 
-import numpy as np
+# isort: off
+import tinygrad_tx as tx      # before NumPy and torch: it sets OPENBLAS_THREAD_TIMEOUT (backend.py), which
+import numpy as np            # lets tinygrad_tx use its threads (threads.py)
 import torch
+# isort: on
 from tinygrad_tx.models.transformer import Transformer, TransformerConfig
 
-import tinygrad_tx as tx
 from tinygrad_tx import optim
 from tinygrad_tx.app.bench import CONFIGS, PAD, load_average, machine_description, make_batch, torch_setup
 
