@@ -121,11 +121,21 @@ def test_by_rows_cuts_row_arguments_and_joins_every_result(split_everything):
     assert np.array_equal(a, ea) and np.array_equal(b, eb)
 
 
-def test_stacked_matmul_in_threads(split_everything):
-    rng = np.random.default_rng(2)
-    a, b = rng.standard_normal((5, 2, 3, 4)), rng.standard_normal((5, 2, 4, 6))
-    assert np.array_equal(primitives.matmul(a, b), a @ b)
-    assert np.array_equal(primitives.matmul(a, b[:1]), a @ b[:1])      # broadcast batch
+def test_chunks_inside_a_chunk_run_on_their_own_thread():
+    threads.set_num_threads(2)
+    seen = []
+
+    def inner(start, stop):
+        seen.append((start, stop))
+
+    def outer(start, stop):
+        threads.for_each_chunk(inner, 4, nbytes=threads.MIN_BYTES)     # waiting for the pool here would hang
+
+    worker = threading.Thread(target=threads.for_each_chunk, args=(outer, 2, threads.MIN_BYTES), daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive(), "a for_each_chunk inside a chunk waited for the pool forever"
+    assert sorted(seen) == [(0, 4), (0, 4)]
 
 
 def _step(x, target, mask, w, gain):

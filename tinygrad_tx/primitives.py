@@ -83,14 +83,6 @@ def cos(x):
     return Cos.apply(x) if isinstance(x, Tensor) else backend.array_module(x).cos(x)
 
 
-def matmul(a, b):
-    """a @ b; large stacks of matrices are split over the CPU's threads by their first axis (`in_threads`):
-    NumPy multiplies a stack one small matrix at a time, one BLAS call each, on one core."""
-    if isinstance(a, Tensor) or isinstance(b, Tensor) or min(a.ndim, b.ndim) < 3:
-        return a @ b                            # (the first axis of a matrix is no batch axis)
-    return in_threads(backend.array_module(a).matmul, a, b)
-
-
 def multiply(a, b):
     """a * b; two large arrays are multiplied by chunks on the CPU's threads (`in_threads`)."""
     if isinstance(a, Tensor) or isinstance(b, Tensor):
@@ -150,7 +142,7 @@ def flip(x, axis):
 
 # =============================================================================== both CPU cores
 def in_threads(ufunc, *args, out=None):
-    """ufunc(*args, out=out) for a NumPy ufunc or np.matmul on arrays (and plain numbers). On the CPU,
+    """ufunc(*args, out=out) for a NumPy ufunc on arrays (and plain numbers). On the CPU,
     when the arrays are large, their first axis is cut into chunks that several threads compute at
     once (threads.py). The arrays must all have the result's number of axes and may broadcast as in
     NumPy (a row maximum (n, 1) against rows (n, C); a mask (1, 1, T, T) against scores (B, h, T, T))."""
@@ -172,14 +164,16 @@ def in_threads(ufunc, *args, out=None):
     return out
 
 
-ROW_PASSES = 8     # a row-wise computation (layer norm, softmax) reads or writes its rows about this often
+ROW_PASSES = 8     # a row-wise computation (softmax) reads or writes its rows about this often
 
 
 def by_rows(fn, *args):
-    """fn(*args) for a computation that treats every row (the last axis) on its own, as layer norm and
-    softmax do. On the CPU, when there are many rows, blocks of rows are computed by several threads
-    at once (threads.py) and the blocks' results joined: all the computation's passes over a block
-    run while the block is in cache, on its own core. Arguments with the first one's leading axes
+    """fn(*args) for a computation that treats every row (the last axis) on its own, as softmax does.
+    On the CPU, when there are many rows, blocks of rows are computed by several threads at once
+    (threads.py) and the blocks' results joined: all the computation's passes over a block run while
+    the block is in cache, on its own core. (Softmax over the attention scores gained 1.22x in a
+    `base` step and 1.12x in `paper`; layer norm, whose three results must be joined, 1.02x and
+    0.90x, so it runs on one thread: benchmarks/threads_bench.py.) Arguments with the first one's leading axes
     are cut into blocks (x (B, T, n) and rstd (B, T, 1)); the others (weights, numbers) go whole.
     fn returns an array or a tuple of arrays with those leading axes. On Tensors it is fn(*args)."""
     first = args[0]
@@ -778,7 +772,7 @@ class MatMul(Function):
         ctx.save_for_backward(a, b)
         if b.ndim == 2 and a.ndim > 2:
             return _rows_matmul(a, b)
-        return matmul(a, b)
+        return a @ b
 
     @staticmethod
     def backward(ctx, g):
@@ -787,14 +781,14 @@ class MatMul(Function):
         shared_weight = b.ndim == 2 and a.ndim > 2     # (..., n, k) @ (k, m): x @ W in every layer
         if ctx.needs_input_grad[0]:
             bt = swap_last(b)
-            ga = _rows_matmul(g, bt) if shared_weight else unbroadcast(matmul(g, bt), a.shape)
+            ga = _rows_matmul(g, bt) if shared_weight else unbroadcast(g @ bt, a.shape)
         if ctx.needs_input_grad[1]:
             if shared_weight:
                 # Fold the batch axes into rows: one GEMM instead of a batched product followed by
                 # a sum over the batch (plain version: unbroadcast(A^T @ G, B.shape)).
                 gb = a.reshape(-1, a.shape[-1]).T @ g.reshape(-1, g.shape[-1])
             else:
-                gb = unbroadcast(matmul(swap_last(a), g), b.shape)
+                gb = unbroadcast(swap_last(a) @ g, b.shape)
         return ga, gb
 
 
@@ -1051,7 +1045,7 @@ class LayerNorm(Function):
     def forward(ctx, x, weight, bias, eps):
         _check_affine(x, weight, bias)
         ctx.eps = eps
-        y, xhat, rstd = by_rows(_layer_norm, x, weight, bias, eps)
+        y, xhat, rstd = _layer_norm(x, weight, bias, eps)
         ctx.save_for_backward(xhat, rstd, weight, x)
         return y
 
@@ -1060,7 +1054,7 @@ class LayerNorm(Function):
         xhat, rstd, weight, x = ctx.saved_tensors
         if isinstance(g, Tensor):
             xhat, rstd = _standardize(x, ctx.eps)
-        dx = by_rows(_layer_norm_grad, g, xhat, rstd, weight)
+        dx = _layer_norm_grad(g, xhat, rstd, weight)
         rows = tuple(range(g.ndim - 1))
         dw = (g * xhat).sum(axis=rows) if ctx.needs_input_grad[1] else None
         db = g.sum(axis=rows) if ctx.needs_input_grad[2] else None

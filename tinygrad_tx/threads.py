@@ -19,6 +19,7 @@ arrays never come here: the GPU has its own parallelism.
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from . import backend
@@ -28,6 +29,7 @@ MIN_BYTES = 4 << 20       # split work only when it touches at least this many b
 _pool = None              # the worker threads, started on first use
 _pool_size = 0
 _count = None             # the number of threads, once known
+_inside = threading.local()   # .chunk: this thread is running a chunk now
 
 
 def num_threads() -> int:
@@ -64,19 +66,32 @@ def for_each_chunk(fn, n: int, nbytes: int) -> None:
 
     With `nbytes` (the memory the whole call reads and writes) at least MIN_BYTES and more than one
     thread allowed, the chunks run at the same time: one on the calling thread, the rest on worker
-    threads. Otherwise it is just fn(0, n). fn must write only rows start:stop of its outputs.
+    threads. Otherwise it is just fn(0, n). fn must write only rows start:stop of its outputs, and
+    must not call BLAS (a matrix product): OpenBLAS called from two threads at once, each with its
+    own threads, made a training step at length 256 1.5x slower (attention's stacked products), and
+    a benchmark run that both did that and nested chunks hung with every thread waiting.
     """
     parts = min(num_threads(), n) if nbytes >= MIN_BYTES else 1
-    if parts <= 1:
-        fn(0, n)
+    if parts <= 1 or getattr(_inside, "chunk", False):
+        fn(0, n)            # small work, or work inside a chunk: the pool's threads are all taken
         return
     global _pool, _pool_size
     if _pool_size < parts - 1:
         _pool, _pool_size = ThreadPoolExecutor(max_workers=parts - 1, thread_name_prefix="tinygrad_tx"), parts - 1
     bounds = [n * i // parts for i in range(parts + 1)]
-    others = [_pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+    others = [_pool.submit(_as_chunk, fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
     try:
-        fn(bounds[0], bounds[1])
+        _as_chunk(fn, bounds[0], bounds[1])
     finally:
         for future in others:
             future.result()       # waits, and re-raises a worker's exception here
+
+
+def _as_chunk(fn, start, stop):
+    """fn(start, stop), marked as a chunk: a for_each_chunk inside it runs on its own thread, as
+    waiting for the pool from inside the pool could wait forever."""
+    _inside.chunk = True
+    try:
+        fn(start, stop)
+    finally:
+        _inside.chunk = False
