@@ -171,9 +171,9 @@ def by_rows(fn, *args):
     """fn(*args) for a computation that treats every row (the last axis) on its own, as softmax does.
     On the CPU, when there are many rows, blocks of rows are computed by several threads at once
     (threads.py) and the blocks' results joined: all the computation's passes over a block run while
-    the block is in cache, on its own core. (Softmax over the attention scores gained 1.22x in a
-    `base` step and 1.12x in `paper`; layer norm, whose three results must be joined, 1.02x and
-    0.90x, so it runs on one thread: benchmarks/threads_bench.py.) Arguments with the first one's leading axes
+    the block is in cache, on its own core. (Softmax: 1.22x and 1.12x in `base` and `paper` steps in
+    one run, 1.02x and 0.87x in the next, so within the noise; layer norm, whose three results must be
+    joined, 1.02x and 0.90x: it runs on one thread. benchmarks/threads_bench.py.) Arguments with the first one's leading axes
     are cut into blocks (x (B, T, n) and rstd (B, T, 1)); the others (weights, numbers) go whole.
     fn returns an array or a tuple of arrays with those leading axes. On Tensors it is fn(*args)."""
     first = args[0]
