@@ -187,6 +187,36 @@ def markdown(result) -> str:
     return "\n".join(lines)
 
 
+def profile(name: str, device: str, steps: int, out: str):
+    """cProfile of `steps` tinygrad_tx training steps on `name` after a warm-up step, the 40 functions
+    with the most time of their own, plus the calls of Function.apply per step (each one is Python
+    dispatch and at least one kernel launch)."""
+    import cProfile
+    import io
+    import pstats
+    _, tx_step = tx_setup(GPU_CONFIGS[name])
+    tx_step()
+    synchronize(device)
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    for _ in range(steps):
+        tx_step()
+    synchronize(device)
+    prof.disable()
+    wall = time.perf_counter() - t0
+    text = io.StringIO()
+    stats = pstats.Stats(prof, stream=text)
+    applies = sum(v[1] for k, v in stats.stats.items() if k[2] == "apply" and k[0].endswith("autograd.py"))
+    text.write(f"{name}: {steps} steps under cProfile in {wall:.2f} s; Function.apply calls per step: "
+               f"{applies / steps:.0f}\n")
+    stats.sort_stats("tottime").print_stats(40)
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out, "w") as f:
+        f.write(text.getvalue())
+    print(f"profile of {name} written to {out}", file=sys.stderr)
+
+
 def write_json(path, result):
     """Write with the package's one atomic writer (a unique temporary file, then os.replace)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -202,8 +232,13 @@ def main(argv=None):
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                    help="cpu: a dry run of the harness on NumPy and torch CPU (no memory figures)")
     p.add_argument("--json", default="benchmarks/gpu_results.json", help="where to write the JSON results")
+    p.add_argument("--profile", metavar="CONFIG", choices=sorted(GPU_CONFIGS),
+                   help="also write a cProfile of tinygrad_tx's step on CONFIG (to --profile-out)")
+    p.add_argument("--profile-out", default="benchmarks/gpu_profile.txt")
     args = p.parse_args(argv)
     use_device(args.device)
+    if args.profile:
+        profile(args.profile, args.device, 5, args.profile_out)
     result = run(args.configs, args.device, args.steps, args.warmup, plain=not args.no_plain)
     result["command"] = "python benchmarks/gpu_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(markdown(result))

@@ -11,7 +11,8 @@
 #   3. TX_DEVICE=cuda python -m pytest -q (the whole suite on the GPU)      -> $OUT/pytest.txt
 #   4. train numbers-en-fr on the GPU for 1.5 minutes, then evaluate       -> $OUT/train.txt, metrics.jsonl,
 #                                                                             evaluate.json
-#   5. benchmarks/gpu_bench.py on small, base, paper and large             -> $OUT/bench.md, bench.json
+#   5. benchmarks/gpu_bench.py on small, base, paper and large, and a      -> $OUT/bench.md, bench.json,
+#      cProfile of five steps of the first of them                            profile.txt
 # and $OUT/summary.md with the lines that matter (suite summary, tokens/s, exact match, the table).
 #
 # The GPU machine has no package index: bring the wheels from a machine that has one, into .whl/
@@ -87,17 +88,24 @@ if [ $DRY_RUN = 0 ]; then
     fi
     DEVICE=cuda
     TESTS=(); TRAIN=(--task numbers-en-fr --minutes 1.5); BENCH=(--configs small base paper large)
-    LIMITS=(210 125 45 85)                     # seconds: pytest, train, evaluate, bench (with the rest: 535)
+    PROFILE=paper
+    LIMITS=(150 125 45 100)                    # seconds: pytest, train, evaluate, bench (with the rest: 490)
 else
     DEVICE=cpu
     TESTS=(tests/test_backend.py tests/test_random.py); TRAIN=(--task copy --steps 4 --eval-every 4)
     BENCH=(--configs small --steps 2 --warmup 1 --device cpu --no-plain)
+    PROFILE=small
     LIMITS=(600 600 300 600)                   # a busy CPU machine is slow; the limits are not the point here
 fi
 
 # ---------------------------------------------------------------------------- 3. the suite on the GPU
 export TX_DEVICE=$DEVICE
-step pytest "${LIMITS[0]}" $PY -m pytest -p no:cacheprovider -rfE --durations=10 "${TESTS[@]}"   # -q: pyproject
+# On a machine with pytest-xdist (the GPU machine has it) the suite runs on 8 workers, each with its
+# own CUDA context; pytest-timeout stops a single test that hangs instead of the whole step.
+PARALLEL=()
+$PY -c "import xdist" 2>/dev/null && [ $DRY_RUN = 0 ] && PARALLEL+=(-n 8)
+$PY -c "import pytest_timeout" 2>/dev/null && PARALLEL+=(--timeout 120)
+step pytest "${LIMITS[0]}" $PY -m pytest -p no:cacheprovider -rfE --durations=10 "${PARALLEL[@]}" "${TESTS[@]}"   # -q: pyproject
 unset TX_DEVICE
 echo "pytest summary: $(grep -E '(passed|failed|error)' "$OUT/pytest.txt" | tail -1)" | tee -a "$OUT/summary.md"
 
@@ -118,7 +126,8 @@ cp "$OUT/evaluate.txt" "$OUT/evaluate.json"
 echo "evaluation: $(tail -1 "$OUT/evaluate.txt")" | tee -a "$OUT/summary.md"
 
 # ---------------------------------------------------------------------------- 5. the benchmark against torch
-step bench "${LIMITS[3]}" $PY benchmarks/gpu_bench.py "${BENCH[@]}" --json "$OUT/bench.json"
+step bench "${LIMITS[3]}" $PY benchmarks/gpu_bench.py "${BENCH[@]}" --json "$OUT/bench.json" \
+    --profile "$PROFILE" --profile-out "$OUT/profile.txt"
 grep '^|\|^Device' "$OUT/bench.txt" > "$OUT/bench.md"
 cat "$OUT/bench.md" >> "$OUT/summary.md"
 
