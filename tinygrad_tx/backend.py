@@ -118,6 +118,13 @@ def to_device(a, device: str):
     return _load_cupy().asarray(a)
 
 
+def full_scalar(xp, value, dtype):
+    """A 0-d array holding `value` on xp's device. On the GPU `cupy.full` fills it with a kernel that
+    takes the value as an argument; `cupy.asarray(value)` would copy it from the host, and that copy
+    waits for every kernel queued before it (a stall per scalar in each training step)."""
+    return xp.full((), value, dtype=dtype)
+
+
 def to_numpy(a):
     """A host (NumPy) view or copy of an array. Reading a GPU array first raises any failed check
     that was deferred to this point (see `check`)."""

@@ -939,7 +939,7 @@ class MaskedFill(Function):
         xp = backend.array_module(x)
         ctx.save_for_backward(mask)
         ctx.in_shape = x.shape
-        return xp.where(mask, xp.asarray(value, dtype=x.dtype), x)
+        return xp.where(mask, backend.full_scalar(xp, value, x.dtype), x)
 
     @staticmethod
     def backward(ctx, g):

@@ -215,7 +215,7 @@ class Tensor:
             dt = self.dtype
             if isinstance(other, float) and not backend.is_floating(dt):
                 dt = backend.float32
-            return Tensor._make(self.xp.asarray(other, dtype=dt), False, None)
+            return Tensor._make(backend.full_scalar(self.xp, other, dt), False, None)
         return Tensor(other, device=self.device)
 
     def _promote(self, other):
