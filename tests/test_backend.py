@@ -111,6 +111,17 @@ def test_tx_device_wins_for_host_arrays(fake_cupy, monkeypatch):
     assert tx.nn.Parameter(np.ones(2)).device == "cuda"
 
 
+def test_a_tensor_keeps_its_device_under_tx_device(fake_cupy, monkeypatch):
+    """Only raw host data follows $TX_DEVICE: a CPU Tensor wrapped again (Tensor(t), Parameter(t))
+    stays on the CPU, with the same array, as torch.tensor and nn.Parameter keep a tensor's device."""
+    monkeypatch.setenv("TX_DEVICE", "cuda")
+    cpu = tx.Tensor(np.ones(3, np.float32), device="cpu")
+    for wrapped in (tx.Tensor(cpu), tx.nn.Parameter(cpu), tx.Tensor(cpu, dtype=tx.float64)):
+        assert wrapped.device == "cpu" and isinstance(wrapped.data, np.ndarray), type(wrapped)
+    assert tx.Tensor(cpu).data is cpu.data and tx.nn.Parameter(cpu).data is cpu.data
+    assert isinstance(tx.Tensor(cpu, device="cuda").data, ndarray)      # an explicit device still wins
+
+
 def test_without_tx_device_host_data_stays_on_the_cpu(monkeypatch):
     monkeypatch.delenv("TX_DEVICE", raising=False)
     assert tx.Tensor(np.ones(3)).device == "cpu" and tx.Tensor([1.0]).device == "cpu"

@@ -69,7 +69,8 @@ def test_primitive_timer_counts_forward_and_backward_and_puts_the_methods_back()
     from tinygrad_tx import primitives
     from tinygrad_tx.app.profiler import PrimitiveTimer
     original = primitives.Mul.__dict__["forward"]
-    x = tx.Tensor(np.ones(1000, dtype=np.float32), requires_grad=True)
+    # on the CPU: the timer counts host memory (tracemalloc), which a GPU array barely touches
+    x = tx.Tensor(np.ones(1000, dtype=np.float32), requires_grad=True, device="cpu")
     tracemalloc.start()
     try:
         with PrimitiveTimer(memory=True) as timer:

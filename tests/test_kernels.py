@@ -154,6 +154,16 @@ def dropout_forward(rng, dtype, shape, p):
     return (x, u, p), (y.numpy(), scale)
 
 
+def embedding_backward(rng, dtype, n, V, d):
+    """Ids with long runs of repeats (and unused rows), through the Embedding primitive's backward."""
+    ids = rng.integers(0, V, n)
+    ids[::4] = 1                                           # one id in a quarter of the positions
+    weight = tensor(rng.standard_normal((V + 2, d)).astype(dtype), grad=True)
+    g = rng.standard_normal((n, d)).astype(dtype)
+    F.embedding(tensor(ids), weight).backward(tensor(g))
+    return (np.zeros((V + 2, d), dtype), ids, g), (weight.grad.numpy(),)
+
+
 # kernel name, case, id. Rows of 7 and 37 elements use one warp, rows of 100 several (the block reductions).
 TABLE = [
     ("softmax_forward", partial(softmax_forward, shape=(4, 7)), "4x7"),
@@ -175,6 +185,8 @@ TABLE = [
     ("cross_entropy_backward", partial(cross_entropy_backward, smoothing=0.1, C=100), "smoothing+ignore_index"),
     ("dropout_forward", partial(dropout_forward, shape=(3, 50), p=0.3), "p=0.3"),
     ("dropout_forward", partial(dropout_forward, shape=(700,), p=0.9), "p=0.9-several-blocks"),
+    ("embedding_backward", partial(embedding_backward, n=60, V=9, d=5), "60-ids-d5"),
+    ("embedding_backward", partial(embedding_backward, n=200, V=30, d=100), "200-ids-d100"),
 ]
 
 
@@ -227,6 +239,21 @@ def test_kernel_matches_numpy_primitive(runner, name, case, dtype):
     assert len(outputs) == len(expected)
     for i, (out, exp) in enumerate(zip(outputs, expected)):
         assert_close(out, exp, dtype, f"{name} output {i}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_embedding_backward_gives_the_same_bits_as_numpy_every_time(runner, dtype):
+    """Each id's rows are summed one after another in the order of the positions, as NumPy's add.at
+    sums them: equal to the last bit, on every run (atomic adds on the GPU would not be)."""
+    rng = np.random.default_rng(1)
+    ids = np.concatenate([rng.integers(0, 50, 3000), np.full(1000, 7)])
+    rng.shuffle(ids)
+    g = rng.standard_normal((ids.size, 64)).astype(dtype)
+    expected = np.zeros((50, 64), dtype)
+    np.add.at(expected, ids, g)
+    for _ in range(3):
+        np.testing.assert_array_equal(to_host(runner("embedding_backward", (np.zeros((50, 64), dtype), ids, g))),
+                                      expected)
 
 
 def test_every_kernel_is_in_the_table():

@@ -8,7 +8,7 @@ import torch
 from conftest import to_host
 
 import tinygrad_tx as tx
-from tinygrad_tx import optim, threads
+from tinygrad_tx import backend, optim, threads
 
 SHAPES = [(3, 4), (4,), (2, 3, 2)]
 N_STEPS = 6
@@ -199,7 +199,7 @@ def test_run_in_chunks_raises_what_a_worker_raised(thread_count, monkeypatch):
 def adam_run(cls, kwargs, values, n_steps, dtype):
     """Parameters and optimizer state after n_steps of `cls` on the CPU (gradient() as above)."""
     params, opt = run_ours(cls, kwargs, values, n_steps, dtype, "cpu")
-    state = [{k: np.array(v) for k, v in st.items() if k != "step"} for st in opt.state]
+    state = [{k: backend.to_numpy(v).copy() for k, v in st.items() if k != "step"} for st in opt.state]
     return [p.numpy() for p in params], state
 
 

@@ -473,6 +473,43 @@ def dropout_forward(x, u, p):
     return y, scale
 
 
+# ============================================================================== embedding backward
+# Replaces `cupy.add.at(dw, ids, g)`: dw[ids[i]] += g[i] for every position i, repeated ids summed.
+# add.at uses atomic adds, which sum a repeated id's rows in whatever order the threads arrive, so
+# two identical training steps could differ in the last bit (and a resumed run would drift from a
+# straight one). Here the positions are sorted by id (a stable sort: equal ids keep their order);
+# the block of the first position of each run of equal ids sums that run's rows in sorted order,
+# one column per thread, and writes the id's row once: the same bits every time, as torch's
+# embedding backward on CUDA. Other blocks return at once. No count leaves the GPU (no host sync).
+SOURCES["embedding_backward"] = r"""
+extern "C" __global__ void embedding_backward(const long long* sorted_ids, const long long* order, const T* g,
+                                              T* dw, const long long n_ids, const long long d) {
+    const long long p = blockIdx.x;
+    const long long id = sorted_ids[p];
+    if (p > 0 && sorted_ids[p - 1] == id) return;           // not the first position of its run
+    for (long long c = threadIdx.x; c < d; c += blockDim.x) {
+        T total = 0;
+        for (long long q = p; q < n_ids && sorted_ids[q] == id; ++q) total += g[order[q] * d + c];
+        dw[id * d + c] += total;
+    }
+}
+"""
+
+
+def embedding_backward(dw, ids, g):
+    """dw[ids[i]] += g[i] in place, deterministically: dw (V, d), ids (n,) int64 in [0, V), g (n, d)."""
+    cp = backend.get_xp("cuda")
+    ids, g = _contiguous(ids, backend.int64), _contiguous(g, dw.dtype)
+    n, d = g.shape
+    if n == 0:
+        return dw
+    order = cp.argsort(ids, kind="stable")
+    sorted_ids = _contiguous(ids[order], backend.int64)
+    order = _contiguous(order, backend.int64)
+    _launch("embedding_backward", dw.dtype, n, d, sorted_ids, order, g, dw, _index(n), _index(d))
+    return dw
+
+
 # ============================================================================== the table
 # name -> launcher: the functions that the primitives' forward_cuda and backward_cuda call.
 KERNELS = {
@@ -485,6 +522,7 @@ KERNELS = {
     "cross_entropy_forward": cross_entropy_forward,
     "cross_entropy_backward": cross_entropy_backward,
     "dropout_forward": dropout_forward,
+    "embedding_backward": embedding_backward,
 }
 
 

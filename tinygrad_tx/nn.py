@@ -13,9 +13,7 @@ class Parameter(Tensor):
     """A leaf tensor that always requires grad; Modules collect these as their weights."""
 
     def __init__(self, data, dtype=None, device=None):
-        if isinstance(data, Tensor):
-            data = data.data
-        super().__init__(data, requires_grad=True, dtype=dtype, device=device)
+        super().__init__(data, requires_grad=True, dtype=dtype, device=device)   # a Tensor keeps its device
 
     @property
     def grad(self):

@@ -1079,12 +1079,15 @@ class LayerNorm(Function):
 def index_add_rows(dst, index, src):
     """dst[index[i]] += src[i] for every i, summing repeated indices (the embedding backward).
 
-    The plain version is `xp.add.at(dst, index, src)`. The GPU runs it with atomic adds, but NumPy
-    runs it one row at a time, so on the CPU we sort the indices instead and sum each run of equal
-    ids with one `add.reduceat`.
+    The plain version is `xp.add.at(dst, index, src)`. NumPy runs it one row at a time, so on the
+    CPU we sort the indices instead and sum each run of equal ids with one `add.reduceat`. CuPy runs
+    it with atomic adds, whose order (and so the last bit of a sum) changes from run to run; the fused
+    kernel sorts too and gives the same bits every time (kernels.embedding_backward).
     """
     xp = backend.array_module(dst)
     if backend.device_of(dst) != "cpu":
+        if kernels.accepts((dst, src)):
+            return kernels.embedding_backward(dst, index, src)
         xp.add.at(dst, index, src)
         return dst
     if index.size == 0:

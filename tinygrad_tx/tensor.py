@@ -53,13 +53,15 @@ class Tensor:
         data: a Python scalar, a (nested) list, or a NumPy/CuPy array.
         requires_grad: record operations on this tensor so that backward() reaches it.
         dtype: cast the data to this dtype.
-        device: 'cpu' or 'cuda'; default: a CuPy array's own device, else $TX_DEVICE, else 'cpu'.
+        device: 'cpu' or 'cuda'; default: a Tensor's or CuPy array's own device, else $TX_DEVICE,
+            else 'cpu'.
     """
     __slots__ = ("data", "grad", "requires_grad", "_ctx", "name", "__weakref__")
     __array_ufunc__ = None          # numpy defers `ndarray * tensor` to Tensor.__rmul__
 
     def __init__(self, data, requires_grad=False, dtype=None, device=None):
-        if isinstance(data, Tensor):
+        if isinstance(data, Tensor):                # a tensor keeps its device unless one is asked for (as torch)
+            device = data.device if device is None else device
             data = data.data
         device = backend.device_for(data, device)
         if backend.is_array(data):
