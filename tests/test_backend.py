@@ -122,6 +122,17 @@ def test_a_tensor_keeps_its_device_under_tx_device(fake_cupy, monkeypatch):
     assert isinstance(tx.Tensor(cpu, device="cuda").data, ndarray)      # an explicit device still wins
 
 
+def test_full_scalar_is_a_0d_array_of_the_dtype_with_the_exact_value(device):
+    """The 0-d operand of `tensor * 0.5` or `masked_fill(..., -inf)`: the dtype asked for, the value's
+    own bits (negative zero and infinities too), on the device's array module."""
+    xp = backend.get_xp(device)
+    for value, dtype in [(0.1, "float32"), (-0.0, "float64"), (float("-inf"), "float32"), (7, "int64"), (True, "bool")]:
+        a = backend.full_scalar(xp, value, dtype)
+        assert backend.device_of(a) == device and a.shape == () and a.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(backend.to_numpy(a), np.asarray(value, dtype=dtype))
+        assert np.signbit(backend.to_numpy(a)) == np.signbit(np.asarray(value, dtype=dtype))
+
+
 def test_without_tx_device_host_data_stays_on_the_cpu(monkeypatch):
     monkeypatch.delenv("TX_DEVICE", raising=False)
     assert tx.Tensor(np.ones(3)).device == "cpu" and tx.Tensor([1.0]).device == "cpu"

@@ -24,7 +24,7 @@ import torch
 from conftest import to_host
 
 import tinygrad_tx as tx
-from tinygrad_tx import backend, kernels
+from tinygrad_tx import backend, kernels, optim
 from tinygrad_tx import functional as F
 from tinygrad_tx.kernels import adam_step
 
@@ -429,6 +429,19 @@ def test_fused_adam_matches_torch_and_the_numpy_update(emulated, monkeypatch, ca
     for f, p, e in zip(fused, plain, expected):
         np.testing.assert_allclose(f.numpy(), e, **tol)
         np.testing.assert_allclose(f.numpy(), p.numpy(), **tol)
+
+
+def test_fused_adam_keeps_no_gradient_sized_buffer_between_steps(emulated, monkeypatch):
+    """Between steps the fused Adam holds the parameters and the two moments, nothing else of their
+    size: a kept copy of the gathered gradients would sit in GPU memory through the next backward."""
+    skip_cpu_runner_on_gpu_only_run()
+    monkeypatch.setattr(kernels, "_on_gpu", lambda x: True)          # NumPy arrays stand in for CuPy ones
+    values = test_optim.initial_values(4)
+    params, opt = test_optim.run_ours(optim.Adam, {}, values, 2, "float64", "cpu")
+    total = sum(v.size for v in values)
+    (flat,) = opt._flats
+    held = [a for a in vars(flat).values() if isinstance(a, np.ndarray) and a.size == total]
+    assert len(held) == 3 and all(any(a is b for b in held) for a in (flat.param, flat.exp_avg, flat.exp_avg_sq))
 
 
 def test_create_graph_after_a_fused_forward_runs_the_plain_backward(emulated, monkeypatch, fused_calls):
