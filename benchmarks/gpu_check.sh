@@ -12,7 +12,7 @@
 #   4. train numbers-en-fr on the GPU for 1.5 minutes, then evaluate       -> $OUT/train.txt, metrics.jsonl,
 #                                                                             evaluate.json
 #   5. benchmarks/gpu_bench.py on small, base, paper and large, and a      -> $OUT/bench.md, bench.json,
-#      cProfile of five steps of the first of them                            profile.txt
+#      cProfile of five steps of paper                                       profile.txt
 # and $OUT/summary.md with the lines that matter (suite summary, tokens/s, exact match, the table).
 #
 # The GPU machine has no package index: bring the wheels from a machine that has one, into .whl/

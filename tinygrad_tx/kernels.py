@@ -479,8 +479,8 @@ def dropout_forward(x, u, p):
 # two identical training steps could differ in the last bit (and a resumed run would drift from a
 # straight one). Here the positions are sorted by id (a stable sort: equal ids keep their order);
 # the block of the first position of each run of equal ids sums that run's rows in sorted order,
-# one column per thread, and writes the id's row once: the same bits every time, as torch's
-# embedding backward on CUDA. Other blocks return at once. No count leaves the GPU (no host sync).
+# one column per thread, and writes the id's row once: the same bits every time, and the same bits
+# as NumPy's add.at. Other blocks return at once. No count leaves the GPU (no host sync).
 SOURCES["embedding_backward"] = r"""
 extern "C" __global__ void embedding_backward(const long long* sorted_ids, const long long* order, const T* g,
                                               T* dw, const long long n_ids, const long long d) {
